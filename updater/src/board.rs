@@ -1,0 +1,406 @@
+//! The board configuration: which slots exist, where they are, which bootloader decides
+//! between them and where it keeps its environment. One TOML file per board
+//! (`board-configs/<board>/board.toml`), installed on the device as `/etc/abup/board.toml`.
+
+use std::path::{Path, PathBuf};
+
+use bootcount::{Scheme, Slots};
+use serde::Deserialize;
+
+/// Where abup looks for the board file unless told otherwise.
+pub const DEFAULT_PATH: &str = "/etc/abup/board.toml";
+
+/// A board file is a few hundred bytes; anything near this is not one.
+pub const MAX_SIZE: u64 = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read board configuration {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "board configuration {path} is {size} bytes, more than the {MAX_SIZE} a board file can be"
+    )]
+    TooLarge { path: PathBuf, size: u64 },
+    #[error("board configuration {path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("board configuration {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The bootloader and where its environment lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bootloader {
+    /// GRUB with abup's pair of 512-byte blocks (power-safe) or, for boards migrating from
+    /// RAUC, a single block.
+    Grub { env: GrubEnv },
+    /// U-Boot, its environment described by a `fw_env.config` or libubootenv YAML file.
+    UBoot { config: PathBuf },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrubEnv {
+    Pair([PathBuf; 2]),
+    Single(PathBuf),
+}
+
+/// A validated board configuration.
+#[derive(Debug, Clone)]
+pub struct Board {
+    pub name: String,
+    pub compatible: String,
+    pub description: String,
+    pub bootloader: Bootloader,
+    pub scheme: Scheme,
+    pub slots: Slots,
+    /// Block device of each slot, in the order of `slots`.
+    pub devices: Vec<PathBuf>,
+    /// The parts of the boot script, relative to the board file; concatenated in order they
+    /// are the script the bootloader runs. Only the build of a board image reads them.
+    pub script: Vec<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    board: BoardSection,
+    bootloader: BootloaderSection,
+    slot: Vec<SlotSection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BoardSection {
+    name: String,
+    compatible: String,
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct BootloaderSection {
+    #[serde(rename = "type")]
+    kind: BootloaderKind,
+    #[serde(default = "default_scheme")]
+    scheme: SchemeName,
+    tries: Option<u8>,
+    #[serde(default)]
+    script: Vec<PathBuf>,
+    grubenv: Option<Vec<PathBuf>>,
+    fw_env_config: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+enum BootloaderKind {
+    Grub,
+    UBoot,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "kebab-case")]
+enum SchemeName {
+    Abup,
+    RaucGrub,
+}
+
+fn default_scheme() -> SchemeName {
+    SchemeName::Abup
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SlotSection {
+    name: String,
+    device: PathBuf,
+}
+
+/// RAUC's default; enough to ride out a crash or two of a good system, few enough that a
+/// broken update falls back within minutes.
+const DEFAULT_TRIES: u8 = 3;
+
+impl Board {
+    /// Reads and validates a board file, refusing anything larger than [`MAX_SIZE`] before
+    /// reading it.
+    pub fn load(path: &Path) -> Result<Board, Error> {
+        let read_err = |source| Error::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let size = std::fs::metadata(path).map_err(read_err)?.len();
+        if size > MAX_SIZE {
+            return Err(Error::TooLarge {
+                path: path.to_owned(),
+                size,
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_err)?;
+        Board::parse(&text, path)
+    }
+
+    /// Parses board-file text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Board, Error> {
+        let file: File = toml::from_str(text).map_err(|e| Error::Syntax {
+            path: path.to_owned(),
+            message: e.message().to_owned() + &line_of(text, e.span()),
+        })?;
+        let invalid = |message: String| Error::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let bl = file.bootloader;
+        let scheme = match bl.scheme {
+            SchemeName::Abup => Scheme::Abup,
+            SchemeName::RaucGrub => Scheme::RaucGrub,
+        };
+        let tries = bl.tries.unwrap_or(match scheme {
+            Scheme::Abup => DEFAULT_TRIES,
+            Scheme::RaucGrub => 1,
+        });
+        let names: Vec<&str> = file.slot.iter().map(|s| s.name.as_str()).collect();
+        let slots = Slots::new(&names, tries, scheme).map_err(|e| invalid(e.to_string()))?;
+
+        let bootloader = match bl.kind {
+            BootloaderKind::Grub => {
+                if bl.fw_env_config.is_some() {
+                    return Err(invalid(
+                        "fw-env-config is for U-Boot boards; GRUB boards name their grubenv".into(),
+                    ));
+                }
+                let env =
+                    match bl.grubenv.as_deref() {
+                        Some([one]) => GrubEnv::Single(one.clone()),
+                        Some([a, b]) => GrubEnv::Pair([a.clone(), b.clone()]),
+                        _ => return Err(invalid(
+                            "a GRUB board needs grubenv = [\"<copy 0>\", \"<copy 1>\"] (abup's \
+                             power-safe pair) or one path (a RAUC-style single block)"
+                                .into(),
+                        )),
+                    };
+                if let GrubEnv::Pair([a, b]) = &env {
+                    if a == b {
+                        return Err(invalid(format!(
+                            "the two grubenv copies must be different files, both are {}",
+                            a.display()
+                        )));
+                    }
+                }
+                Bootloader::Grub { env }
+            }
+            BootloaderKind::UBoot => {
+                if scheme == Scheme::RaucGrub {
+                    return Err(invalid(
+                        "scheme rauc-grub is RAUC's GRUB variables; U-Boot boards use scheme \
+                         abup (RAUC's U-Boot variable names)"
+                            .into(),
+                    ));
+                }
+                if bl.grubenv.is_some() {
+                    return Err(invalid(
+                        "grubenv is for GRUB boards; U-Boot boards name their fw-env-config".into(),
+                    ));
+                }
+                let config = bl.fw_env_config.ok_or_else(|| {
+                    invalid(
+                        "a U-Boot board needs fw-env-config = \"/etc/fw_env.config\" (or a \
+                         libubootenv YAML file)"
+                            .into(),
+                    )
+                })?;
+                Bootloader::UBoot { config }
+            }
+        };
+
+        for s in &file.slot {
+            if !s.device.is_absolute() {
+                return Err(invalid(format!(
+                    "slot {}: device {} must be an absolute path",
+                    s.name,
+                    s.device.display()
+                )));
+            }
+        }
+        if let Some(dup) = file
+            .slot
+            .iter()
+            .enumerate()
+            .find(|(i, s)| file.slot[..*i].iter().any(|o| o.device == s.device))
+        {
+            return Err(invalid(format!(
+                "slots share the device {}",
+                dup.1.device.display()
+            )));
+        }
+        if file.board.name.trim().is_empty() || file.board.compatible.trim().is_empty() {
+            return Err(invalid(
+                "board name and compatible must not be empty".into(),
+            ));
+        }
+
+        Ok(Board {
+            name: file.board.name,
+            compatible: file.board.compatible,
+            description: file.board.description,
+            bootloader,
+            scheme,
+            slots,
+            devices: file.slot.into_iter().map(|s| s.device).collect(),
+            script: bl.script,
+        })
+    }
+
+    pub fn device(&self, slot: bootcount::SlotId) -> &Path {
+        &self.devices[slot.0]
+    }
+
+    /// The bootloader's name as `abup status` reports it.
+    pub fn bootloader_name(&self) -> &'static str {
+        match self.bootloader {
+            Bootloader::Grub { .. } => "grub",
+            Bootloader::UBoot { .. } => "u-boot",
+        }
+    }
+}
+
+/// " (line N)" for a TOML error span, so a one-line error still points at the place.
+fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(r) => {
+            let line = text[..r.start.min(text.len())].matches('\n').count() + 1;
+            format!(" (line {line})")
+        }
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GRUB: &str = r#"
+[board]
+name = "b"
+compatible = "c"
+[bootloader]
+type = "grub"
+grubenv = ["/e/0", "/e/1"]
+[[slot]]
+name = "A"
+device = "/dev/a"
+[[slot]]
+name = "B"
+device = "/dev/b"
+"#;
+
+    fn parse(text: &str) -> Result<Board, Error> {
+        Board::parse(text, Path::new("board.toml"))
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults() {
+        let b = parse(GRUB).unwrap();
+        assert_eq!(b.scheme, Scheme::Abup);
+        assert_eq!(b.slots.tries(), 3);
+        assert_eq!(
+            b.bootloader,
+            Bootloader::Grub {
+                env: GrubEnv::Pair(["/e/0".into(), "/e/1".into()])
+            }
+        );
+        assert_eq!(b.devices, [PathBuf::from("/dev/a"), "/dev/b".into()]);
+    }
+
+    #[test]
+    fn rauc_defaults_to_one_try() {
+        let b = parse(&GRUB.replace("type = \"grub\"", "type = \"grub\"\nscheme = \"rauc-grub\""))
+            .unwrap();
+        assert_eq!(b.slots.tries(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_problem_and_the_line() {
+        assert_eq!(
+            err(&GRUB.replace("grubenv", "grubenvv")),
+            "board configuration board.toml: unknown field `grubenvv`, expected one of `type`, \
+             `scheme`, `tries`, `script`, `grubenv`, `fw-env-config` (line 7)"
+        );
+        assert!(err(&GRUB.replace("\"/e/1\"", "\"/e/0\"")).contains("different files"));
+        assert!(err(&GRUB.replace("[\"/e/0\", \"/e/1\"]", "[]")).contains("needs grubenv"));
+        assert!(err(&GRUB.replace("/dev/b", "/dev/a")).contains("share the device /dev/a"));
+        assert!(err(&GRUB.replace("/dev/b", "dev/b")).contains("absolute path"));
+        assert!(err(&GRUB.replace("name = \"B\"", "name = \"B-1\"")).contains("\"B-1\""));
+        assert!(
+            err(&GRUB.replace("type = \"grub\"", "type = \"grub\"\ntries = 12"))
+                .contains("between 1 and 9")
+        );
+        assert!(err(&GRUB.replace("type = \"grub\"", "type = \"u-boot\""))
+            .contains("grubenv is for GRUB"));
+        assert!(err("[board]\nname=").contains("line 2"));
+    }
+
+    #[test]
+    fn too_large_is_refused_before_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("board.toml");
+        std::fs::write(&p, vec![b'#'; MAX_SIZE as usize + 1]).unwrap();
+        assert!(matches!(Board::load(&p), Err(Error::TooLarge { .. })));
+    }
+
+    proptest::proptest! {
+        /// Any text: a board or a one-line error, never a panic.
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
+            if let Err(e) = parse(&text) {
+                proptest::prop_assert!(!e.to_string().contains('\n'));
+            }
+        }
+
+        /// Generated boards parse to what they say.
+        #[test]
+        fn generated_boards_parse_to_their_fields(
+            names in proptest::collection::hash_set("[A-Za-z0-9_]{1,6}", 2..=4),
+            tries in 1u8..=9,
+            pair in proptest::bool::ANY,
+        ) {
+            let names: Vec<String> = names.into_iter().collect();
+            let env = if pair { r#"grubenv = ["/b/0", "/b/1"]"# } else { r#"grubenv = ["/b/e"]"# };
+            let mut text = format!(
+                "[board]\nname = \"n\"\ncompatible = \"c\"\n[bootloader]\ntype = \"grub\"\ntries = {tries}\n{env}\n"
+            );
+            for (i, n) in names.iter().enumerate() {
+                text += &format!("[[slot]]\nname = \"{n}\"\ndevice = \"/dev/s{i}\"\n");
+            }
+            let b = parse(&text).unwrap();
+            proptest::prop_assert_eq!(b.slots.names(), names.as_slice());
+            proptest::prop_assert_eq!(b.slots.tries(), tries);
+            proptest::prop_assert_eq!(b.devices.len(), names.len());
+            proptest::prop_assert_eq!(matches!(b.bootloader, Bootloader::Grub { env: GrubEnv::Pair(_) }), pair);
+        }
+    }
+
+    /// Every board shipped in board-configs/ parses.
+    #[test]
+    fn shipped_boards_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../board-configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path().join("board.toml");
+            if p.exists() {
+                let b = Board::load(&p).unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(
+                    Some(b.name.as_str()),
+                    p.parent().unwrap().file_name().unwrap().to_str()
+                );
+                n += 1;
+            }
+        }
+        assert!(n >= 6, "found {n} boards");
+    }
+}

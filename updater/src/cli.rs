@@ -1,0 +1,170 @@
+//! The command line, as clap sees it. `--help`, the man pages and the shell completions are
+//! all generated from these definitions, so the help text is the reference documentation.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const EXIT_CODES: &str = "\
+Exit status:
+  0  success
+  1  the operation failed; the message says what was left unchanged
+  2  the command line is wrong
+  3  `env get`: the variable is not set";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "abup",
+    version,
+    about = "A/B partition updater for embedded and appliance Linux",
+    long_about = "A/B partition updater for embedded and appliance Linux.\n\n\
+        abup keeps two root filesystem slots. Updates go to the slot that is not running; the \
+        bootloader (GRUB or U-Boot) then tries the new slot a limited number of times, and a \
+        boot-success service confirms it with `abup mark-good`. A slot that never confirms \
+        falls back to the previous one.\n\n\
+        The board configuration (default /etc/abup/board.toml) names the slots, their devices, \
+        the bootloader and where its environment lives.",
+    after_help = EXIT_CODES,
+    after_long_help = EXIT_CODES,
+)]
+pub struct Cli {
+    /// Board configuration file.
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "ABUP_CONFIG",
+        default_value = crate::board::DEFAULT_PATH,
+        value_name = "PATH"
+    )]
+    pub config: PathBuf,
+
+    /// More log output on standard error (-v: info, -vv: debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the booted slot and the state of every slot.
+    #[command(long_about = "Show the booted slot and the state of every slot.\n\n\
+        The booted slot comes from abup.slot= on the kernel command line (the board's boot \
+        script sets it), else from root=, else from the device mounted at /. For every slot: \
+        its place in the boot order, the tries the bootloader will still make, whether it is \
+        good (the bootloader may boot it) and confirmed (the fallback of last resort). Also \
+        the slot the next boot will start.")]
+    Status {
+        /// Print one JSON object (stable schema, with a "version" field) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Confirm a slot: restore its tries and make it the fallback of last resort.
+    #[command(
+        long_about = "Confirm a slot: restore its tries and make it the fallback of last \
+        resort.\n\n\
+        Run it from a boot-success service on every boot, once the system is known to work: \
+        the bootloader uses up one try per boot, and mark-good gives them back. A slot whose \
+        tries run out without a mark-good is abandoned for the next slot in the boot order. \
+        One environment write."
+    )]
+    MarkGood(SlotArg),
+
+    /// Take a slot out of rotation: the bootloader will not boot it.
+    #[command(
+        long_about = "Take a slot out of rotation: the bootloader will not boot it.\n\n\
+        Marking the booted slot bad makes the next boot start the other slot, if that one is \
+        good. One environment write."
+    )]
+    MarkBad(SlotArg),
+
+    /// Make a slot the next to boot, with a full set of tries.
+    #[command(
+        long_about = "Make a slot the next to boot, with a full set of tries.\n\n\
+        The slot goes first in the boot order; it still has to be confirmed by mark-good after \
+        it boots, or the bootloader falls back when its tries run out. `mark-active other` \
+        switches to the other slot. One environment write."
+    )]
+    MarkActive(SlotArg),
+
+    /// Read and edit a bootloader environment directly.
+    #[command(long_about = "Read and edit a bootloader environment directly.\n\n\
+        Without --grub or --uboot-config, the board's own environment. With --grub FILE, a GRUB \
+        environment block as grub-editenv edits it; with two --grub options, abup's power-safe \
+        pair of blocks (the copy that is not current is written, with ABUP_SEQ one higher). \
+        With --uboot-config, the U-Boot environment that a fw_env.config or libubootenv YAML \
+        file describes, under the same lock as fw_setenv; a redundant environment is written \
+        to the copy that is not current.\n\n\
+        A write to an environment that cannot be read fails and changes nothing: abup never \
+        replaces a damaged environment with defaults. Use `create` to make a new one.")]
+    Env(EnvArgs),
+}
+
+/// Which slot a mark command acts on.
+#[derive(Debug, Args)]
+pub struct SlotArg {
+    /// "booted", "other" (the one slot that is not booted) or a slot name.
+    #[arg(default_value = "booted", value_name = "SLOT")]
+    pub slot: String,
+}
+
+#[derive(Debug, Args)]
+pub struct EnvArgs {
+    /// A GRUB environment block; give it twice for abup's pair of blocks (copy 0, copy 1).
+    #[arg(long, value_name = "FILE", conflicts_with = "uboot_config", action = clap::ArgAction::Append)]
+    pub grub: Vec<PathBuf>,
+
+    /// A fw_env.config or libubootenv YAML file describing a U-Boot environment.
+    #[arg(long, value_name = "FILE")]
+    pub uboot_config: Option<PathBuf>,
+
+    /// The lock file shared with fw_printenv/fw_setenv (default: the one the configuration
+    /// names, else /var/lock/fw_printenv.lock).
+    #[arg(long, value_name = "FILE", requires = "uboot_config")]
+    pub lock_file: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub op: EnvOp,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnvOp {
+    /// Print a variable's value and a newline; exit status 3 if it is not set.
+    Get {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// Set variables, all in one write; an empty value removes a U-Boot variable.
+    Set {
+        #[arg(value_name = "NAME=VALUE", required = true)]
+        assignments: Vec<String>,
+    },
+    /// Remove variables, all in one write; absent names are not an error.
+    Unset {
+        #[arg(value_name = "NAME", required = true)]
+        names: Vec<String>,
+    },
+    /// Print every variable as NAME=VALUE, one per line.
+    List,
+    /// Write a new environment holding only the given variables.
+    #[command(
+        long_about = "Write a new environment holding only the given variables.\n\n\
+        GRUB: creates the block file(s), which must not exist yet (512 bytes each for a pair, \
+        1024 for a single block, unless --size). U-Boot: writes every copy the configuration \
+        names; refused while a valid environment is there unless --force, because it replaces \
+        U-Boot's variables (bootcmd and the rest) with exactly what is given."
+    )]
+    Create {
+        /// Block size in bytes (GRUB only).
+        #[arg(long, value_name = "BYTES")]
+        size: Option<usize>,
+        /// Replace a valid U-Boot environment.
+        #[arg(long)]
+        force: bool,
+        #[arg(value_name = "NAME=VALUE")]
+        assignments: Vec<String>,
+    },
+}

@@ -1,0 +1,51 @@
+//! Parses the command line, runs the command, and turns the result into one line on standard
+//! error and a documented exit status (see `abup --help`).
+
+use std::process::ExitCode;
+
+use abup::cli::Cli;
+use abup::commands::{self, Outcome};
+use clap::Parser;
+
+struct StderrLogger(log::LevelFilter);
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= self.0
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            let level = match record.level() {
+                log::Level::Error => "error",
+                log::Level::Warn => "warning",
+                log::Level::Info => "info",
+                log::Level::Debug | log::Level::Trace => "debug",
+            };
+            eprintln!("abup: {level}: {}", record.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        _ => log::LevelFilter::Debug,
+    };
+    let logger = Box::leak(Box::new(StderrLogger(level)));
+    if log::set_logger(logger).is_ok() {
+        log::set_max_level(level);
+    }
+    match commands::run(cli) {
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::NotSet) => ExitCode::from(3),
+        Err(e) => {
+            eprintln!("abup: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Writing a bootloader environment for the first time: at the factory, when a board is
+//! converted to abup, or by `abup env ... create`.
+
+use std::fs::{File, OpenOptions};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use grub_env::{Change, EnvBlock, EnvPair};
+
+use crate::bootenv::{Assignment, Location};
+
+/// Creates the environment at `location` holding exactly `vars`.
+///
+/// GRUB files must not exist yet; each is written under a temporary name, synced and renamed,
+/// so a cut never leaves a half-written block under the real name. A U-Boot area that holds
+/// a valid environment is only replaced with `force`, and then with one write to the copy
+/// that is not current, like any update.
+pub fn create_env(
+    location: &Location,
+    size: Option<usize>,
+    force: bool,
+    vars: &[Assignment],
+) -> Result<()> {
+    let changes: Vec<Change<'_>> = vars
+        .iter()
+        .map(|(k, v)| match v {
+            Some(v) => Change::set(k.as_str(), v.as_str()),
+            None => Change::unset(k.as_str()),
+        })
+        .collect();
+    match location {
+        Location::GrubPair(paths) => {
+            let size = size.unwrap_or(grub_env::PAIR_BLOCK_SIZE);
+            let pair = EnvPair::create(size, crate::bootenv::GRUB_WIDTH)?;
+            let mut block = pair.current()?.clone();
+            block
+                .apply(&changes)
+                .context("the variables do not fit in the new blocks")?;
+            for path in paths {
+                refuse_existing(path)?;
+            }
+            for path in paths {
+                create_file(path, &block)?;
+            }
+        }
+        Location::GrubSingle(path) => {
+            let mut block = EnvBlock::new(size.unwrap_or(grub_env::DEFAULT_BLOCK_SIZE))?;
+            block
+                .apply(&changes)
+                .context("the variables do not fit in the new block")?;
+            refuse_existing(path)?;
+            create_file(path, &block)?;
+        }
+        Location::UBoot { config, lock_file } => {
+            if size.is_some() {
+                bail!("--size is for GRUB blocks; a U-Boot environment's size is in its configuration");
+            }
+            let cfg = u_boot_env::Config::load(config, None).with_context(|| {
+                format!(
+                    "reading U-Boot environment configuration {}",
+                    config.display()
+                )
+            })?;
+            let mut options = u_boot_env::OpenOptions::new();
+            if let Some(lock_file) = lock_file {
+                options = options.lockfile(lock_file);
+            }
+            let device = u_boot_env::Device::open(&cfg, &options)?;
+            let mut env = u_boot_env::Env::new();
+            for (k, v) in vars {
+                if let Some(v) = v {
+                    env.set(k, v)
+                        .with_context(|| format!("setting U-Boot variable {k}"))?;
+                }
+            }
+            match device.read() {
+                Ok(_) if !force => bail!(
+                    "{} already holds a valid U-Boot environment; add --force to replace all \
+                     of its variables",
+                    config.display()
+                ),
+                Ok(_) => {
+                    device.write(&env)?;
+                }
+                Err(u_boot_env::Error::NoValidEnvironment { .. }) => device.initialize(&env)?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn refuse_existing(path: &Path) -> Result<()> {
+    if path.exists() {
+        bail!(
+            "{} exists; abup creates environment files only where there are none",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn create_file(path: &Path, block: &EnvBlock) -> Result<()> {
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".new");
+    let tmp = Path::new(&tmp_name);
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    grub_env::create_block(&file, block).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing directory {}", dir.display()))?;
+    }
+    Ok(())
+}

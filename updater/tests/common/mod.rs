@@ -1,0 +1,125 @@
+//! Helpers shared by the CLI tests: run the real `abup` binary and the real tools.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub struct Output {
+    pub code: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl Output {
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+
+    /// Asserts exit status 0, showing stderr otherwise.
+    pub fn success(&self) -> &Self {
+        assert_eq!(self.code, Some(0), "stderr: {}", self.stderr_text());
+        self
+    }
+}
+
+pub fn abup(args: &[&str]) -> Output {
+    abup_with(args, &[])
+}
+
+pub fn abup_with(args: &[&str], env: &[(&str, &OsStr)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_abup"));
+    cmd.args(args)
+        .env_remove("ABUP_CONFIG")
+        .env_remove("ABUP_PROC_CMDLINE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("running abup");
+    Output {
+        code: out.status.code(),
+        stdout: out.stdout,
+        stderr: out.stderr,
+    }
+}
+
+/// Runs a tool that must succeed and returns its stdout.
+pub fn run_ok(tool: &str, args: &[&str]) -> String {
+    let out = Command::new(tool)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{tool}: {e}"));
+    assert!(
+        out.status.success(),
+        "{tool} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether a tool is installed; tests that need one say so when it is not (CI installs all).
+pub fn have(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("skipping: {tool} is not installed (.ci/run installs it)");
+    }
+    found
+}
+
+pub fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+pub struct Tmp(tempfile::TempDir);
+
+impl Tmp {
+    pub fn new() -> Tmp {
+        Tmp(tempfile::tempdir().unwrap())
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.path().join(name)
+    }
+}
+
+/// A board file in `t` whose slots are two files and whose environment is a fresh GRUB pair
+/// in the factory state (A first and confirmed).
+pub fn board_file(t: &Tmp, kind: &str) -> PathBuf {
+    let board = t.path("board.toml");
+    let (a, b) = (t.path("slot-a"), t.path("slot-b"));
+    std::fs::write(&a, b"").unwrap();
+    std::fs::write(&b, b"").unwrap();
+    assert_eq!(kind, "grub-pair");
+    let (e0, e1) = (t.path("abupenv.0"), t.path("abupenv.1"));
+    std::fs::write(
+        &board,
+        format!(
+            "[board]\nname = \"test\"\ncompatible = \"test-board\"\n\
+             [bootloader]\ntype = \"grub\"\ngrubenv = [{:?}, {:?}]\n\
+             [[slot]]\nname = \"A\"\ndevice = {:?}\n[[slot]]\nname = \"B\"\ndevice = {:?}\n",
+            e0, e1, a, b
+        ),
+    )
+    .unwrap();
+    abup(&[
+        "env",
+        "--grub",
+        e0.to_str().unwrap(),
+        "--grub",
+        e1.to_str().unwrap(),
+        "create",
+        "BOOT_ORDER=A B",
+        "BOOT_A_LEFT=3",
+        "BOOT_B_LEFT=0",
+        "BOOT_GOOD=A",
+    ])
+    .success();
+    board
+}
