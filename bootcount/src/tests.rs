@@ -396,78 +396,86 @@ fn brownouts_never_let_an_unconfirmed_slot_displace_the_confirmed_one() {
     }
 }
 
-#[test]
-fn an_interrupted_install_never_boots_its_target() {
-    for n in [2, 3] {
-        for (slots, start) in all_states(n) {
-            for target in slots.ids() {
-                for booted in slots.ids().filter(|&b| b != target) {
-                    let mut s = start.clone();
-                    // abup installs only from a confirmed, running slot.
-                    s.mark_good(booted);
-                    s.begin_install(target, booted).unwrap();
-                    let seq = brownouts(&mut s, 40);
-                    assert!(!seq.contains(&target), "{start:?} -> {seq:?}");
-                }
+/// Every install scenario: each state, each target, each other slot as the running one,
+/// which abup only installs from once it is confirmed.
+fn installs(n: usize) -> Vec<(Slots, State, SlotId, SlotId)> {
+    let mut out = Vec::new();
+    for (slots, start) in all_states(n) {
+        for target in slots.ids() {
+            for booted in slots.ids().filter(|&b| b != target) {
+                let mut s = start.clone();
+                s.mark_good(booted);
+                out.push((slots.clone(), s, target, booted));
             }
         }
     }
+    out
+}
+
+#[test]
+fn an_interrupted_install_never_boots_its_target() {
+    for n in [2, 3] {
+        for (_, mut s, target, booted) in installs(n) {
+            let start = s.clone();
+            s.begin_install(target, booted).unwrap();
+            let seq = brownouts(&mut s, 40);
+            assert!(!seq.contains(&target), "{start:?} -> {seq:?}");
+        }
+    }
+}
+
+/// An install that completed and was activated, from a confirmed running slot.
+fn activated(start: &State, target: SlotId, booted: SlotId) -> State {
+    let mut s = start.clone();
+    s.begin_install(target, booted).unwrap();
+    s.activate(target);
+    s
 }
 
 #[test]
 fn a_failed_update_falls_back_and_stays_back() {
     for n in [2, 3] {
-        for (slots, start) in all_states(n) {
-            for target in slots.ids() {
-                for booted in slots.ids().filter(|&b| b != target) {
-                    let mut s = start.clone();
-                    s.mark_good(booted);
-                    s.begin_install(target, booted).unwrap();
-                    s.activate(target);
-                    // The new slot never confirms: it gets exactly its tries.
-                    let others: usize = slots
-                        .ids()
-                        .filter(|&x| x != target)
-                        .map(|x| usize::from(s.status(x).tries_left))
-                        .sum();
-                    let seq = brownouts(&mut s, 40);
-                    let tries = usize::from(slots.tries());
-                    assert!(seq[..tries].iter().all(|&b| b == target), "{seq:?}");
-                    match s {
-                        State::Abup(_) => {
-                            if n == 2 {
-                                assert_eq!(seq[tries], booted, "{seq:?}");
-                            }
-                            assert!(!seq[tries..].contains(&target), "{seq:?}");
-                            // Other slots use up their tries (on three-slot boards), then the
-                            // confirmed slot boots forever, brownouts or not.
-                            assert!(seq[tries + others..].iter().all(|&b| b == booted));
-                        }
-                        State::RaucGrub(_) => {
-                            // RAUC's exhaustion reset retries the failed slot: the scheme's
-                            // known weakness. The next boot is still not the failed one.
-                            assert_ne!(seq[tries], target);
-                        }
-                    }
-                    // The fallback slot confirms on its next boot and the failed trial is
-                    // never retried, whatever the scheme.
-                    let mut s2 = start.clone();
-                    s2.mark_good(booted);
-                    s2.begin_install(target, booted).unwrap();
-                    s2.activate(target);
-                    brownouts(&mut s2, tries);
-                    let b = s2.boot();
-                    assert_ne!(b.slot, target);
+        for (slots, start, target, booted) in installs(n) {
+            let tries = usize::from(slots.tries());
+            let mut s = activated(&start, target, booted);
+            // The new slot never confirms: it gets exactly its tries.
+            let others: usize = slots
+                .ids()
+                .filter(|&x| x != target)
+                .map(|x| usize::from(s.status(x).tries_left))
+                .sum();
+            let seq = brownouts(&mut s, 40);
+            assert!(seq[..tries].iter().all(|&b| b == target), "{seq:?}");
+            match s {
+                State::Abup(_) => {
                     if n == 2 {
-                        assert_eq!(b.slot, booted);
+                        assert_eq!(seq[tries], booted, "{seq:?}");
                     }
-                    s2.mark_good(b.slot);
-                    let after = brownouts(&mut s2, 30);
-                    assert!(!after.contains(&target), "{after:?}");
-                    if n == 2 {
-                        assert!(after.iter().all(|&x| x == booted), "{after:?}");
-                    }
+                    assert!(!seq[tries..].contains(&target), "{seq:?}");
+                    // Other slots use up their tries (on three-slot boards), then the
+                    // confirmed slot boots forever, brownouts or not.
+                    assert!(seq[tries + others..].iter().all(|&b| b == booted));
                 }
+                State::RaucGrub(_) => {
+                    // RAUC's exhaustion reset retries the failed slot: the scheme's known
+                    // weakness. The next boot is still not the failed one.
+                    assert_ne!(seq[tries], target);
+                }
+            }
+            // The fallback slot confirms on its next boot and the failed trial is never
+            // retried, whatever the scheme.
+            let mut s = activated(&start, target, booted);
+            brownouts(&mut s, tries);
+            let b = s.boot();
+            assert_ne!(b.slot, target);
+            if n == 2 {
+                assert_eq!(b.slot, booted);
+            }
+            s.mark_good(b.slot);
+            let after = brownouts(&mut s, 30);
+            assert!(!after.contains(&target), "{after:?}");
+            if n == 2 {
+                assert!(after.iter().all(|&x| x == booted), "{after:?}");
             }
         }
     }
@@ -476,25 +484,18 @@ fn a_failed_update_falls_back_and_stays_back() {
 #[test]
 fn a_successful_update_sticks() {
     for n in [2, 3] {
-        for (slots, start) in all_states(n) {
-            for target in slots.ids() {
-                for booted in slots.ids().filter(|&b| b != target) {
-                    let mut s = start.clone();
-                    s.mark_good(booted);
-                    s.begin_install(target, booted).unwrap();
-                    s.activate(target);
-                    assert_eq!(s.boot().slot, target);
-                    s.mark_good(target);
-                    for _ in 0..10 {
-                        assert_eq!(s.boot().slot, target);
-                        s.mark_good(target);
-                    }
-                    if let State::Abup(a) = &s {
-                        // The old slot stays behind it as a counted fallback.
-                        assert!(a.order()[1..].contains(&booted));
-                        assert_eq!(a.tries_left(booted), slots.tries());
-                    }
-                }
+        for (slots, start, target, booted) in installs(n) {
+            let mut s = activated(&start, target, booted);
+            assert_eq!(s.boot().slot, target);
+            s.mark_good(target);
+            for _ in 0..10 {
+                assert_eq!(s.boot().slot, target);
+                s.mark_good(target);
+            }
+            if let State::Abup(a) = &s {
+                // The old slot stays behind it as a counted fallback.
+                assert!(a.order()[1..].contains(&booted));
+                assert_eq!(a.tries_left(booted), slots.tries());
             }
         }
     }

@@ -106,19 +106,7 @@ impl Environment {
                 }
             }
             Location::UBoot { config, lock_file } => {
-                let cfg = u_boot_env::Config::load(config, None).with_context(|| {
-                    format!(
-                        "reading U-Boot environment configuration {}",
-                        config.display()
-                    )
-                })?;
-                let mut options = u_boot_env::OpenOptions::new();
-                if let Some(lock_file) = lock_file {
-                    options = options.lockfile(lock_file);
-                }
-                let device = u_boot_env::Device::open(&cfg, &options).with_context(|| {
-                    format!("opening the U-Boot environment of {}", config.display())
-                })?;
+                let device = open_uboot(config, lock_file.as_deref())?;
                 let snapshot = device.read().with_context(|| {
                     format!("reading the U-Boot environment of {}", config.display())
                 })?;
@@ -286,6 +274,23 @@ fn grub_current<'a>(paths: &[PathBuf; 2], pair: &'a EnvPair) -> Result<&'a EnvBl
             paths[1].display()
         )
     })
+}
+
+/// The U-Boot environment a configuration file describes, under libubootenv's lock (or
+/// `lock_file`) until the device is dropped.
+pub fn open_uboot(config: &Path, lock_file: Option<&Path>) -> Result<u_boot_env::Device> {
+    let cfg = u_boot_env::Config::load(config, None).with_context(|| {
+        format!(
+            "reading U-Boot environment configuration {}",
+            config.display()
+        )
+    })?;
+    let mut options = u_boot_env::OpenOptions::new();
+    if let Some(lock_file) = lock_file {
+        options = options.lockfile(lock_file);
+    }
+    u_boot_env::Device::open(&cfg, &options)
+        .with_context(|| format!("opening the U-Boot environment of {}", config.display()))
 }
 
 fn grub_vars(block: &EnvBlock) -> Vec<(Vec<u8>, Vec<u8>)> {

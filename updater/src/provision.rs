@@ -55,17 +55,7 @@ pub fn create_env(
             if size.is_some() {
                 bail!("--size is for GRUB blocks; a U-Boot environment's size is in its configuration");
             }
-            let cfg = u_boot_env::Config::load(config, None).with_context(|| {
-                format!(
-                    "reading U-Boot environment configuration {}",
-                    config.display()
-                )
-            })?;
-            let mut options = u_boot_env::OpenOptions::new();
-            if let Some(lock_file) = lock_file {
-                options = options.lockfile(lock_file);
-            }
-            let device = u_boot_env::Device::open(&cfg, &options)?;
+            let device = crate::bootenv::open_uboot(config, lock_file.as_deref())?;
             let mut env = u_boot_env::Env::new();
             for (k, v) in vars {
                 if let Some(v) = v {

@@ -79,18 +79,20 @@ fn slots() -> Slots {
     Slots::new(&["A", "B"], 3, Scheme::Abup).unwrap()
 }
 
+/// Every boot order of a two-slot board.
+const ORDERS: [&[SlotId]; 5] = [
+    &[],
+    &[SlotId(0)],
+    &[SlotId(1)],
+    &[SlotId(0), SlotId(1)],
+    &[SlotId(1), SlotId(0)],
+];
+
 /// Every native state of a two-slot board with three tries.
 fn states() -> Vec<State> {
     let slots = slots();
-    let orders: [&[SlotId]; 5] = [
-        &[],
-        &[SlotId(0)],
-        &[SlotId(1)],
-        &[SlotId(0), SlotId(1)],
-        &[SlotId(1), SlotId(0)],
-    ];
     let mut out = Vec::new();
-    for order in orders {
+    for order in ORDERS {
         for a in 0..=3 {
             for b in 0..=3 {
                 for good in [None, Some(SlotId(0)), Some(SlotId(1))] {
@@ -504,16 +506,9 @@ fn rauc_grub_script_matches_the_model_in_every_state() {
     )
     .unwrap();
     let t = Tmp::new();
-    let orders: [&[SlotId]; 5] = [
-        &[],
-        &[SlotId(0)],
-        &[SlotId(1)],
-        &[SlotId(0), SlotId(1)],
-        &[SlotId(1), SlotId(0)],
-    ];
     let mut states = Vec::new();
     let mut cases = Vec::new();
-    for order in orders {
+    for order in ORDERS {
         for bits in 0..16u8 {
             let flag = |i: u8| bits & (1 << i) != 0;
             let state = State::RaucGrub(bootcount::RaucGrubState::new(
