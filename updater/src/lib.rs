@@ -7,6 +7,7 @@
 pub mod board;
 pub mod booted;
 pub mod bootenv;
+pub mod bundle;
 pub mod cli;
 pub mod commands;
 pub mod provision;
