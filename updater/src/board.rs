@@ -2,6 +2,7 @@
 //! between them and where it keeps its environment. One TOML file per board
 //! (`board-configs/<board>/board.toml`), installed on the device as `/etc/abup/board.toml`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use bootcount::{Scheme, Slots};
@@ -9,6 +10,17 @@ use serde::Deserialize;
 
 /// Where abup looks for the board file unless told otherwise.
 pub const DEFAULT_PATH: &str = "/etc/abup/board.toml";
+
+/// Where abup keeps what must survive updates (install journal, installed bundle versions,
+/// the security version floor): it must be on a partition that is in neither slot.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/abup";
+
+/// Public keys that may sign bundles, one PEM file each.
+pub const DEFAULT_KEYRING: &str = "/etc/abup/keyring";
+
+/// The slot class of each slot's `device`; bundle images for other classes go to the devices
+/// a slot lists under `classes`.
+pub const ROOTFS_CLASS: &str = "rootfs";
 
 /// A board file is a few hundred bytes; anything near this is not one.
 pub const MAX_SIZE: u64 = 64 * 1024;
@@ -57,9 +69,25 @@ pub struct Board {
     pub slots: Slots,
     /// Block device of each slot, in the order of `slots`.
     pub devices: Vec<PathBuf>,
+    /// Devices of further slot classes (an application partition, say), per slot.
+    pub classes: Vec<BTreeMap<String, PathBuf>>,
     /// The parts of the boot script, relative to the board file; concatenated in order they
     /// are the script the bootloader runs. Only the build of a board image reads them.
     pub script: Vec<PathBuf>,
+    pub install: InstallConfig,
+}
+
+/// How installs run on this board.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallConfig {
+    pub state_dir: PathBuf,
+    pub keyring: PathBuf,
+    /// Runs after the bundle is verified and checked, before anything is written.
+    pub pre_install: Option<PathBuf>,
+    /// Runs after the slot is written and verified, before it is activated.
+    pub post_install: Option<PathBuf>,
+    /// Mount the target's root filesystem for the post-install hook.
+    pub post_install_mount: bool,
 }
 
 #[derive(Deserialize)]
@@ -68,6 +96,19 @@ struct File {
     board: BoardSection,
     bootloader: BootloaderSection,
     slot: Vec<SlotSection>,
+    #[serde(default)]
+    install: InstallSection,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct InstallSection {
+    state_dir: Option<PathBuf>,
+    keyring: Option<PathBuf>,
+    pre_install: Option<PathBuf>,
+    post_install: Option<PathBuf>,
+    #[serde(default)]
+    post_install_mount: bool,
 }
 
 #[derive(Deserialize)]
@@ -116,6 +157,8 @@ fn default_scheme() -> SchemeName {
 struct SlotSection {
     name: String,
     device: PathBuf,
+    #[serde(default)]
+    classes: BTreeMap<String, PathBuf>,
 }
 
 /// RAUC's default; enough to ride out a crash or two of a good system, few enough that a
@@ -215,24 +258,53 @@ impl Board {
         };
 
         for s in &file.slot {
-            if !s.device.is_absolute() {
+            for (class, device) in std::iter::once((ROOTFS_CLASS, &s.device))
+                .chain(s.classes.iter().map(|(c, d)| (c.as_str(), d)))
+            {
+                if !device.is_absolute() {
+                    return Err(invalid(format!(
+                        "slot {}: {class} device {} must be an absolute path",
+                        s.name,
+                        device.display()
+                    )));
+                }
+            }
+            if s.classes.contains_key(ROOTFS_CLASS) {
                 return Err(invalid(format!(
-                    "slot {}: device {} must be an absolute path",
+                    "slot {}: the {ROOTFS_CLASS} class is the slot's device; list only other classes",
+                    s.name
+                )));
+            }
+            if s.classes.keys().ne(file.slot[0].classes.keys()) {
+                return Err(invalid(format!(
+                    "slot {} has the classes {:?} but slot {} has {:?}: every slot needs the same",
                     s.name,
-                    s.device.display()
+                    s.classes.keys().collect::<Vec<_>>(),
+                    file.slot[0].name,
+                    file.slot[0].classes.keys().collect::<Vec<_>>()
                 )));
             }
         }
-        if let Some(dup) = file
-            .slot
-            .iter()
-            .enumerate()
-            .find(|(i, s)| file.slot[..*i].iter().any(|o| o.device == s.device))
-        {
-            return Err(invalid(format!(
-                "slots share the device {}",
-                dup.1.device.display()
-            )));
+        let install = file.install;
+        for (what, p) in [
+            ("pre-install", &install.pre_install),
+            ("post-install", &install.post_install),
+        ] {
+            if let Some(p) = p.as_ref().filter(|p| !p.is_absolute()) {
+                return Err(invalid(format!(
+                    "{what} hook {} must be an absolute path",
+                    p.display()
+                )));
+            }
+        }
+        let mut seen: Vec<&Path> = Vec::new();
+        for s in &file.slot {
+            for d in std::iter::once(&s.device).chain(s.classes.values()) {
+                if seen.contains(&d.as_path()) {
+                    return Err(invalid(format!("slots share the device {}", d.display())));
+                }
+                seen.push(d);
+            }
         }
         if file.board.name.trim().is_empty() || file.board.compatible.trim().is_empty() {
             return Err(invalid(
@@ -247,13 +319,34 @@ impl Board {
             bootloader,
             scheme,
             slots,
+            classes: file.slot.iter().map(|s| s.classes.clone()).collect(),
             devices: file.slot.into_iter().map(|s| s.device).collect(),
             script: bl.script,
+            install: InstallConfig {
+                state_dir: install
+                    .state_dir
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+                keyring: install
+                    .keyring
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_KEYRING)),
+                pre_install: install.pre_install,
+                post_install: install.post_install,
+                post_install_mount: install.post_install_mount,
+            },
         })
     }
 
     pub fn device(&self, slot: bootcount::SlotId) -> &Path {
         &self.devices[slot.0]
+    }
+
+    /// The device of `slot` that holds images of `class`.
+    pub fn class_device(&self, slot: bootcount::SlotId, class: &str) -> Option<&Path> {
+        if class == ROOTFS_CLASS {
+            Some(self.device(slot))
+        } else {
+            self.classes[slot.0].get(class).map(PathBuf::as_path)
+        }
     }
 
     /// The bootloader's name as `abup status` reports it.
@@ -343,6 +436,38 @@ device = "/dev/b"
         assert!(err(&GRUB.replace("type = \"grub\"", "type = \"u-boot\""))
             .contains("grubenv is for GRUB"));
         assert!(err("[board]\nname=").contains("line 2"));
+    }
+
+    #[test]
+    fn install_section_and_slot_classes() {
+        let b = parse(GRUB).unwrap();
+        assert_eq!(b.install.state_dir, Path::new(DEFAULT_STATE_DIR));
+        assert_eq!(b.install.keyring, Path::new(DEFAULT_KEYRING));
+        assert_eq!(
+            b.class_device(bootcount::SlotId(1), ROOTFS_CLASS),
+            Some(Path::new("/dev/b"))
+        );
+        assert_eq!(b.class_device(bootcount::SlotId(1), "appfs"), None);
+
+        let text = GRUB.replace("device = \"/dev/a\"", "device = \"/dev/a\"\nclasses = { appfs = \"/dev/a2\" }")
+            .replace("device = \"/dev/b\"", "device = \"/dev/b\"\nclasses = { appfs = \"/dev/b2\" }")
+            + "[install]\nstate-dir = \"/data/abup\"\npost-install = \"/usr/lib/abup/post\"\npost-install-mount = true\n";
+        let b = parse(&text).unwrap();
+        assert_eq!(
+            b.class_device(bootcount::SlotId(1), "appfs"),
+            Some(Path::new("/dev/b2"))
+        );
+        assert_eq!(b.install.state_dir, Path::new("/data/abup"));
+        assert!(b.install.post_install_mount);
+
+        assert!(err(&text.replace("/dev/b2", "/dev/a2")).contains("share the device /dev/a2"));
+        assert!(err(&text.replace("classes = { appfs = \"/dev/b2\" }", ""))
+            .contains("every slot needs the same"));
+        assert!(
+            err(&text.replace("appfs = \"/dev/a2\"", "rootfs = \"/dev/a2\""))
+                .contains("the rootfs class is the slot's device")
+        );
+        assert!(err(&text.replace("\"/usr/lib/abup/post\"", "\"post\"")).contains("absolute path"));
     }
 
     #[test]

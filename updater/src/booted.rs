@@ -18,7 +18,7 @@ pub fn cmdline_path() -> PathBuf {
 
 /// How the booted slot was found, for `abup status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
+pub enum Method {
     /// `abup.slot=` on the kernel command line, set by the board's boot script.
     Cmdline,
     /// `root=` on the kernel command line matched a slot's device.
@@ -27,12 +27,12 @@ pub enum Source {
     Mount,
 }
 
-impl Source {
+impl Method {
     pub fn name(self) -> &'static str {
         match self {
-            Source::Cmdline => "abup.slot",
-            Source::Root => "root=",
-            Source::Mount => "/",
+            Method::Cmdline => "abup.slot",
+            Method::Root => "root=",
+            Method::Mount => "/",
         }
     }
 }
@@ -50,25 +50,25 @@ pub enum Error {
 }
 
 /// Finds the booted slot from the kernel command line, then `root=`, then the device of `/`.
-pub fn detect(board: &Board, cmdline: &str) -> Result<(SlotId, Source), Error> {
+pub fn detect(board: &Board, cmdline: &str) -> Result<(SlotId, Method), Error> {
     let params = parse_cmdline(cmdline);
     if let Some(name) = param(&params, "abup.slot") {
         return board
             .slots
             .find(name)
-            .map(|s| (s, Source::Cmdline))
+            .map(|s| (s, Method::Cmdline))
             .ok_or_else(|| Error::UnknownSlot(name.to_owned()));
     }
     if let Some(root) = param(&params, "root") {
         if let Some(s) = match_root(board, root) {
-            return Ok((s, Source::Root));
+            return Ok((s, Method::Root));
         }
     }
     if let Some(s) = std::fs::metadata("/")
         .ok()
         .and_then(|m| slot_with_rdev(board, m.dev()))
     {
-        return Ok((s, Source::Mount));
+        return Ok((s, Method::Mount));
     }
     Err(Error::Unknown {
         devices: board

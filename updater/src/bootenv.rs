@@ -186,6 +186,7 @@ impl Environment {
                 grub_env::write_block(file, &plan.block)
                     .with_context(|| format!("writing GRUB environment copy {}", path.display()))?;
                 log::info!("wrote GRUB environment copy {}", path.display());
+                crate::failpoint::wrote(&format!("GRUB environment {}", path.display()));
                 pair.commit(plan);
             }
             Backend::GrubSingle { path, file, block } => {
@@ -194,6 +195,7 @@ impl Environment {
                     .with_context(|| format!("updating GRUB environment {}", path.display()))?;
                 grub_env::write_block(file, &new)
                     .with_context(|| format!("writing GRUB environment {}", path.display()))?;
+                crate::failpoint::wrote(&format!("GRUB environment {}", path.display()));
                 *block = new;
             }
             Backend::UBoot {
@@ -216,6 +218,7 @@ impl Environment {
                     format!("writing the U-Boot environment of {}", config.display())
                 })?;
                 log::info!("wrote U-Boot environment {copy}");
+                crate::failpoint::wrote(&format!("U-Boot environment {copy}"));
                 // The copy just written is now the current one, and the other is the valid
                 // previous environment.
                 *snapshot = u_boot_env::Snapshot {

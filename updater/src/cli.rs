@@ -10,7 +10,10 @@ Exit status:
   0  success
   1  the operation failed; the message says what was left unchanged
   2  the command line is wrong
-  3  `env get`: the variable is not set";
+  3  `env get`: the variable is not set
+  4  the bundle was refused before anything was written (signature, board, security
+     version, size) or `bundle verify` found it damaged
+  5  another install is running";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -90,6 +93,46 @@ pub enum Command {
     )]
     MarkActive(SlotArg),
 
+    /// Install a bundle into the slot that is not running, verify it, activate it.
+    #[command(
+        long_about = "Install a bundle into the slot that is not running, verify it, \
+        activate it.\n\n\
+        SOURCE is a file, - for standard input, or an http(s) URL. Before anything is written \
+        the bundle's signature is checked against the keyring, its compatible string against \
+        the board, its security version against the lowest this device accepts, each image's \
+        size against its slot device, and the running slot must be known and confirmed. Then: \
+        the target slot is marked bad (one environment write), every chunk is checked against \
+        its hash and written, the slot's first block held back until the whole slot has been \
+        read back from the disk and matched; the post-install hook runs; the slot is \
+        activated with its tries (one environment write). Reboot to try it; its boot-success \
+        service confirms it with `abup mark-good`.\n\n\
+        Interrupted (network, kill -9, power cut), the same command continues from the last \
+        synced chunk, asking a web server for the rest with a Range request."
+    )]
+    Install(InstallArgs),
+
+    /// Make an ed25519 key pair for signing bundles.
+    #[command(long_about = "Make an ed25519 key pair for signing bundles.\n\n\
+        Both are PEM files (PKCS#8 and SPKI), readable by `openssl pkey`. Keep the secret key \
+        off the devices; put the public key in each device's keyring directory. Keys rotate by \
+        adding the new public key to the keyring before bundles are signed with it.")]
+    Keygen {
+        /// Where to write the secret key (created with mode 0600; must not exist).
+        #[arg(long, value_name = "FILE")]
+        secret: PathBuf,
+        /// Where to write the public key (must not exist).
+        #[arg(long, value_name = "FILE")]
+        public: PathBuf,
+    },
+
+    /// Build, inspect and check bundles.
+    #[command(subcommand)]
+    Bundle(BundleOp),
+
+    /// Write man pages or shell completions generated from this command line.
+    #[command(subcommand)]
+    Generate(GenerateOp),
+
     /// Read and edit a bootloader environment directly.
     #[command(long_about = "Read and edit a bootloader environment directly.\n\n\
         Without --grub or --uboot-config, the board's own environment. With --grub FILE, a GRUB \
@@ -166,5 +209,114 @@ pub enum EnvOp {
         force: bool,
         #[arg(value_name = "NAME=VALUE")]
         assignments: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// A bundle file, - for standard input, or an http:// or https:// URL.
+    #[arg(value_name = "SOURCE")]
+    pub source: String,
+
+    /// Directory of public keys to accept (default: the board's keyring).
+    #[arg(long, value_name = "DIR")]
+    pub keyring: Option<PathBuf>,
+
+    /// The slot to write, on boards with more than one slot besides the running one.
+    #[arg(long, value_name = "NAME")]
+    pub slot: Option<String>,
+
+    /// Progress reports: a bar on a terminal, or one JSON object a line on standard output
+    /// (`{"version":1,"phase":...,"done":...,"total":...}`) for OTA agents.
+    #[arg(long, value_enum, default_value_t = crate::install::ProgressMode::Auto)]
+    pub progress: crate::install::ProgressMode,
+
+    /// Consecutive network failures to retry before giving up.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub retries: u32,
+
+    /// Seconds before the first retry; each further one waits twice as long (at most 60).
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+    pub retry_wait: f64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BundleOp {
+    /// Build a signed bundle from one or more slot images.
+    #[command(long_about = "Build a signed bundle from one or more slot images.\n\n\
+        Each image is cut into chunks compressed independently with zstd, so devices can \
+        decode on every core and resume an interrupted download at any chunk. The same \
+        images, options and key always give the same bytes: the creation time is \
+        --created, else $SOURCE_DATE_EPOCH, else the newest image's modification time.")]
+    Create(CreateArgs),
+    /// Show what a bundle contains (checked against a keyring when one is given).
+    Info {
+        #[arg(value_name = "BUNDLE")]
+        bundle: PathBuf,
+        /// Check the signature against these public keys.
+        #[arg(long, value_name = "DIR")]
+        keyring: Option<PathBuf>,
+        /// One JSON object (with a "version" field) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a whole bundle: signature, every chunk, every image hash.
+    Verify {
+        #[arg(value_name = "BUNDLE")]
+        bundle: PathBuf,
+        /// Directory of public keys to accept.
+        #[arg(long, value_name = "DIR", required = true)]
+        keyring: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Secret key to sign with (PEM, from `abup keygen` or `openssl genpkey -algorithm ed25519`).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// The board string the bundle is for (1 to 128 printable ASCII characters); devices
+    /// refuse other strings.
+    #[arg(long, value_name = "STRING")]
+    pub compatible: String,
+    /// The version shown to people: 1 to 128 printable ASCII characters.
+    #[arg(long, value_name = "STRING")]
+    pub version: String,
+    /// Anti-rollback counter: devices refuse bundles below the highest they have confirmed.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub security_version: u64,
+    /// Creation time in seconds since 1970 (default: $SOURCE_DATE_EPOCH, else the newest
+    /// image's modification time).
+    #[arg(long, value_name = "SECONDS")]
+    pub created: Option<u64>,
+    /// Uncompressed bytes per chunk (a power of two from 64 KiB to 16 MiB).
+    #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES")]
+    pub chunk_size: u32,
+    /// zstd level (1 fastest to 19 smallest).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub level: i32,
+    /// Store chunks uncompressed.
+    #[arg(long)]
+    pub no_compression: bool,
+    /// An image and its slot class: CLASS=FILE, or FILE for the rootfs class. Repeat for
+    /// several images.
+    #[arg(long = "image", value_name = "[CLASS=]FILE", required = true)]
+    pub images: Vec<String>,
+    /// Where to write the bundle.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GenerateOp {
+    /// Man pages for abup and each subcommand, into DIR.
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// A completion script for SHELL, on standard output.
+    Completions {
+        #[arg(value_enum, value_name = "SHELL")]
+        shell: clap_complete::Shell,
     },
 }

@@ -9,10 +9,11 @@ use bootcount::SlotId;
 use serde::Serialize;
 
 use crate::board::Board;
-use crate::booted::{self, Source};
+use crate::booted::{self, Method};
 use crate::bootenv::{Assignment, Environment, Location};
-use crate::cli::{Cli, Command, EnvArgs, EnvOp};
+use crate::cli::{Cli, Command, EnvArgs, EnvOp, GenerateOp, InstallArgs};
 use crate::slotstate;
+use crate::source::{Retry, Source};
 
 /// What `main` turns into an exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +23,18 @@ pub enum Outcome {
     NotSet,
 }
 
+/// The exit status for an error: refusals and a busy install lock have their own, so an OTA
+/// agent can tell "this bundle will never install" from "try again later".
+pub fn exit_status(e: &anyhow::Error) -> u8 {
+    if e.chain().any(|c| c.is::<crate::install::Refused>()) {
+        4
+    } else if e.chain().any(|c| c.is::<crate::install::Busy>()) {
+        5
+    } else {
+        1
+    }
+}
+
 pub fn run(cli: Cli) -> Result<Outcome> {
     match cli.command {
         Command::Status { json } => status(&load_board(&cli.config)?, json),
@@ -29,6 +42,10 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::MarkBad(s) => mark(&load_board(&cli.config)?, Mark::Bad, &s.slot),
         Command::MarkActive(s) => mark(&load_board(&cli.config)?, Mark::Active, &s.slot),
         Command::Env(args) => env(&cli.config, args),
+        Command::Install(args) => install(&load_board(&cli.config)?, args),
+        Command::Keygen { secret, public } => crate::bundle_cmd::keygen(&secret, &public),
+        Command::Bundle(op) => crate::bundle_cmd::run(op),
+        Command::Generate(op) => generate(op),
     }
 }
 
@@ -92,6 +109,9 @@ fn mark(board: &Board, how: Mark, slot_arg: &str) -> Result<Outcome> {
         Ok(())
     })
     .with_context(|| format!("slot {name} not {verb}"))?;
+    if let Mark::Good = how {
+        crate::install::confirmed(board, slot).context("raising the security version floor")?;
+    }
     if !written {
         println!("slot {name} {verb} (no change)");
         return Ok(Outcome::Done);
@@ -117,6 +137,7 @@ struct StatusReport<'a> {
     booted_from: Option<&'static str>,
     next_boot: &'a str,
     next_boot_is_fallback: bool,
+    last_install: Option<crate::install::record::LastInstall>,
     slots: Vec<SlotReport<'a>>,
 }
 
@@ -129,6 +150,8 @@ struct SlotReport<'a> {
     tries_left: u8,
     good: bool,
     confirmed: bool,
+    /// What abup installed there, if it did.
+    bundle: Option<crate::install::record::SlotBundle>,
 }
 
 const STATUS_VERSION: u32 = 1;
@@ -152,9 +175,14 @@ fn status(board: &Board, json: bool) -> Result<Outcome> {
         scheme: board.scheme.name(),
         environment: env.describe(),
         booted: booted.map(|(s, _)| board.slots.name(s)),
-        booted_from: booted.map(|(_, src): (SlotId, Source)| src.name()),
+        booted_from: booted.map(|(_, how): (SlotId, Method)| how.name()),
         next_boot: board.slots.name(next.slot),
         next_boot_is_fallback: next.fallback,
+        last_install: crate::install::record::last_install(&board.install.state_dir)
+            .unwrap_or_else(|e| {
+                log::warn!("{e:#}");
+                None
+            }),
         slots: board
             .slots
             .ids()
@@ -168,6 +196,7 @@ fn status(board: &Board, json: bool) -> Result<Outcome> {
                     tries_left: st.tries_left,
                     good: st.good,
                     confirmed: st.confirmed,
+                    bundle: crate::install::slot_bundle(board, board.slots.name(s)),
                 }
             })
             .collect(),
@@ -201,7 +230,27 @@ fn status(board: &Board, json: bool) -> Result<Outcome> {
             ""
         }
     )?;
-    writeln!(out, "slot  order  tries  state                      device")?;
+    if let Some(last) = &report.last_install {
+        let when = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(last.finished),
+        );
+        match (
+            &last.outcome[..],
+            &last.bundle_version,
+            &last.target,
+            &last.error,
+        ) {
+            ("success", Some(v), Some(t), _) => {
+                writeln!(out, "last install: {v} into slot {t}, {when}")?
+            }
+            (_, _, _, Some(e)) => writeln!(out, "last install: failed {when}: {e}")?,
+            (o, ..) => writeln!(out, "last install: {o} {when}")?,
+        }
+    }
+    writeln!(
+        out,
+        "slot  order  tries  state                      bundle      device"
+    )?;
     for s in &report.slots {
         let mut words = vec![if s.good { "good" } else { "bad" }];
         if s.confirmed {
@@ -212,11 +261,12 @@ fn status(board: &Board, json: bool) -> Result<Outcome> {
         }
         writeln!(
             out,
-            "{:<5} {:<6} {:<6} {:<26} {}",
+            "{:<5} {:<6} {:<6} {:<26} {:<11} {}",
             s.name,
             s.priority.map_or("-".to_owned(), |p| p.to_string()),
             format!("{}/{}", s.tries_left, board.slots.tries()),
             words.join(", "),
+            s.bundle.as_ref().map_or("-", |b| b.version.as_str()),
             s.device
         )?;
     }
@@ -295,4 +345,65 @@ fn env(config: &Path, args: EnvArgs) -> Result<Outcome> {
             Ok(Outcome::Done)
         }
     }
+}
+
+fn install(board: &Board, args: InstallArgs) -> Result<Outcome> {
+    if !(args.retry_wait.is_finite() && args.retry_wait >= 0.0) {
+        bail!(
+            "--retry-wait must be a number of seconds, not {}",
+            args.retry_wait
+        );
+    }
+    let opts = crate::install::Options {
+        source: Source::parse(&args.source),
+        keyring: args.keyring,
+        target: args.slot,
+        retry: Retry {
+            attempts: args.retries,
+            first_wait: std::time::Duration::from_secs_f64(args.retry_wait),
+        },
+        progress: args.progress,
+    };
+    let done = crate::install::install(board, &opts)?;
+    let name = board.slots.name(done.target);
+    if args.progress != crate::install::ProgressMode::Json {
+        println!(
+            "installed {} into slot {name}{}; it boots next, with {} tries to confirm itself \
+             with `abup mark-good`",
+            done.version,
+            if done.resumed { " (resumed)" } else { "" },
+            board.slots.tries()
+        );
+    }
+    Ok(Outcome::Done)
+}
+
+fn generate(op: GenerateOp) -> Result<Outcome> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    match op {
+        GenerateOp::Man { dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            write_man_pages(&cmd, "abup", &dir)?;
+        }
+        GenerateOp::Completions { shell } => {
+            let mut cmd = cmd;
+            clap_complete::generate(shell, &mut cmd, "abup", &mut std::io::stdout());
+        }
+    }
+    Ok(Outcome::Done)
+}
+
+/// One page per command and subcommand, named the way man(1) looks them up
+/// (`man abup-install`).
+fn write_man_pages(cmd: &clap::Command, name: &str, dir: &Path) -> Result<()> {
+    let cmd = cmd.clone().name(name.to_owned());
+    let mut page = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
+    let path = dir.join(format!("{name}.1"));
+    std::fs::write(&path, page).with_context(|| format!("writing {}", path.display()))?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        write_man_pages(sub, &format!("{name}-{}", sub.get_name()), dir)?;
+    }
+    Ok(())
 }

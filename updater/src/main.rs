@@ -29,6 +29,23 @@ impl log::Log for StderrLogger {
     fn flush(&self) {}
 }
 
+/// The error and its causes on one line. Some library errors already name their cause in
+/// their message; it is not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match cli.verbose {
@@ -44,8 +61,8 @@ fn main() -> ExitCode {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         Ok(Outcome::NotSet) => ExitCode::from(3),
         Err(e) => {
-            eprintln!("abup: error: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("abup: error: {}", one_line(&e));
+            ExitCode::from(commands::exit_status(&e))
         }
     }
 }

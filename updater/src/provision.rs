@@ -1,7 +1,6 @@
 //! Writing a bootloader environment for the first time: at the factory, when a board is
 //! converted to abup, or by `abup env ... create`.
 
-use std::fs::{File, OpenOptions};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -11,8 +10,7 @@ use crate::bootenv::{Assignment, Location};
 
 /// Creates the environment at `location` holding exactly `vars`.
 ///
-/// GRUB files must not exist yet; each is written under a temporary name, synced and renamed,
-/// so a cut never leaves a half-written block under the real name. A U-Boot area that holds
+/// GRUB files must not exist yet. A U-Boot area that holds
 /// a valid environment is only replaced with `force`, and then with one write to the copy
 /// that is not current, like any update.
 pub fn create_env(
@@ -90,23 +88,8 @@ fn refuse_existing(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Every byte is written (never sparse, as GRUB's save_env requires), under a temporary name
+/// first, so a cut never leaves a half-written block under the real name.
 fn create_file(path: &Path, block: &EnvBlock) -> Result<()> {
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".new");
-    let tmp = Path::new(&tmp_name);
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    grub_env::create_block(&file, block).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("syncing directory {}", dir.display()))?;
-    }
-    Ok(())
+    crate::statefile::replace(path, block.as_bytes())
 }

@@ -1,6 +1,9 @@
 //! Helpers shared by the CLI tests: run the real `abup` binary and the real tools.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod fixture;
+pub mod http;
+
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,0 +1,256 @@
+//! `abup keygen` and `abup bundle create | info | verify`: the build-host side of bundles.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::board::ROOTFS_CLASS;
+use crate::bundle::{self, hex, Compression, CreateOptions, ImageSource, Keyring, SecretKey};
+use crate::cli::{BundleOp, CreateArgs};
+use crate::commands::Outcome;
+use crate::install::Refused;
+
+pub fn keygen(secret: &Path, public: &Path) -> Result<Outcome> {
+    // Both places are checked first, so a mistake in the second leaves no stray secret key.
+    for p in [secret, public] {
+        if p.exists() {
+            bail!("{} exists; abup keygen never replaces a key", p.display());
+        }
+        if let Some(dir) = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+        {
+            bail!("{} is not a directory (for {})", dir.display(), p.display());
+        }
+    }
+    let key = bundle::generate_key();
+    let pubkey = key.public_key();
+    write_new(secret, key.to_pem().as_bytes(), 0o600)?;
+    write_new(public, pubkey.to_pem().as_bytes(), 0o644)?;
+    println!(
+        "key {} written: secret {}, public {}",
+        hex::encode(&pubkey.key_id()),
+        secret.display(),
+        public.display()
+    );
+    Ok(Outcome::Done)
+}
+
+/// Creates `path` with `mode`, refusing to replace anything: overwriting a signing key by
+/// mistake loses it for good.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+pub fn run(op: BundleOp) -> Result<Outcome> {
+    match op {
+        BundleOp::Create(args) => create(args),
+        BundleOp::Info {
+            bundle,
+            keyring,
+            json,
+        } => info(&bundle, keyring.as_deref(), json),
+        BundleOp::Verify { bundle, keyring } => verify(&bundle, &keyring),
+    }
+}
+
+/// The newest modification time of the inputs: what a build system reproduces when it
+/// reproduces the images, unlike the clock.
+fn default_created(paths: &[PathBuf]) -> Result<u64> {
+    if let Ok(epoch) = std::env::var("SOURCE_DATE_EPOCH") {
+        return epoch
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={epoch:?} is not a number of seconds"));
+    }
+    let mut newest = 0;
+    for p in paths {
+        let modified = std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .with_context(|| format!("reading the modification time of {}", p.display()))?;
+        newest = newest.max(
+            modified
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        );
+    }
+    Ok(newest)
+}
+
+fn create(args: CreateArgs) -> Result<Outcome> {
+    let mut named: Vec<(String, PathBuf)> = Vec::new();
+    for spec in &args.images {
+        let (class, path) = match spec.split_once('=') {
+            Some((c, p)) if !c.is_empty() && !c.contains('/') => (c.to_owned(), PathBuf::from(p)),
+            _ => (ROOTFS_CLASS.to_owned(), PathBuf::from(spec)),
+        };
+        named.push((class, path));
+    }
+    let key_pem = read_bounded(&args.key, bundle::MAX_KEY_FILE_LEN)?;
+    let key = SecretKey::from_pem(&key_pem)
+        .with_context(|| format!("reading the secret key {}", args.key.display()))?;
+    let paths: Vec<PathBuf> = named.iter().map(|(_, p)| p.clone()).collect();
+    let opts = CreateOptions {
+        compatible: args.compatible,
+        version: args.version,
+        security_version: args.security_version,
+        created: match args.created {
+            Some(c) => c,
+            None => default_created(&paths)?,
+        },
+        chunk_size: args.chunk_size,
+        compression: if args.no_compression {
+            Compression::None
+        } else {
+            Compression::Zstd
+        },
+        level: args.level,
+        threads: 0,
+    };
+    let mut files = Vec::new();
+    for (_, p) in &named {
+        files.push(BufReader::new(
+            File::open(p).with_context(|| format!("opening image {}", p.display()))?,
+        ));
+    }
+    let mut sources: Vec<ImageSource<'_>> = named
+        .iter()
+        .zip(files.iter_mut())
+        .map(|((class, _), f)| ImageSource {
+            slot_class: class.clone(),
+            reader: f,
+        })
+        .collect();
+    // The payload is compressed into a scratch file first, because the manifest (with every
+    // chunk's hash) goes in front of it; the bundle appears under its name only when complete.
+    let dir = match args.output.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut scratch = tempfile::tempfile_in(&dir)
+        .with_context(|| format!("creating a scratch file in {}", dir.display()))?;
+    let mut out = tempfile::NamedTempFile::new_in(&dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let manifest = {
+        let mut w = std::io::BufWriter::new(out.as_file_mut());
+        let m = bundle::create(&opts, &mut sources, &key, &mut scratch, &mut w)?;
+        w.flush()?;
+        m
+    };
+    out.as_file().sync_all()?;
+    out.persist(&args.output)
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    let stored: u64 = manifest.payload_len();
+    let size: u64 = manifest.images.iter().map(|i| i.size).sum();
+    println!(
+        "bundle {} written: {} {} for {}, {} image(s), {} bytes of images stored in {} ({:.1}%), signed by {}",
+        args.output.display(),
+        manifest.version,
+        format_args!("(security version {})", manifest.security_version),
+        manifest.compatible,
+        manifest.images.len(),
+        size,
+        stored,
+        if size == 0 { 100.0 } else { stored as f64 * 100.0 / size as f64 },
+        hex::encode(&key.public_key().key_id()),
+    );
+    Ok(Outcome::Done)
+}
+
+fn read_bounded(path: &Path, max: u64) -> Result<String> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    if len > max {
+        bail!(
+            "{} is {len} bytes, larger than a key file can be",
+            path.display()
+        );
+    }
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn open_bundle(path: &Path) -> Result<BufReader<File>> {
+    Ok(BufReader::new(File::open(path).with_context(|| {
+        format!("opening bundle {}", path.display())
+    })?))
+}
+
+fn info(path: &Path, keyring: Option<&Path>, json: bool) -> Result<Outcome> {
+    let mut r = open_bundle(path)?;
+    let (value, manifest, key_id, verified) = match keyring {
+        Some(dir) => {
+            let keyring = Keyring::load(dir)
+                .with_context(|| format!("loading the keyring {}", dir.display()))?;
+            let v = bundle::read_verified(&mut r, &keyring)
+                .map_err(|e| Refused(format!("bundle {} refused: {e}", path.display())))?;
+            (v.info_json(), v.manifest, v.key_id, true)
+        }
+        None => {
+            let u = bundle::read_unverified(&mut r)
+                .map_err(|e| Refused(format!("bundle {}: {e}", path.display())))?;
+            (u.info_json(), u.manifest, u.key_id, false)
+        }
+    };
+    if json {
+        println!("{value}");
+        return Ok(Outcome::Done);
+    }
+    let created = std::time::UNIX_EPOCH + std::time::Duration::from_secs(manifest.created);
+    println!("bundle:           {}", path.display());
+    println!("compatible:       {}", manifest.compatible);
+    println!("version:          {}", manifest.version);
+    println!("security version: {}", manifest.security_version);
+    println!(
+        "created:          {}",
+        humantime::format_rfc3339_seconds(created)
+    );
+    println!(
+        "signed by key:    {} ({})",
+        hex::encode(&key_id),
+        if verified {
+            "signature verified"
+        } else {
+            "signature NOT checked: give --keyring"
+        }
+    );
+    for image in &manifest.images {
+        println!(
+            "image {}: {} bytes, sha256 {}, {} chunks of {} bytes, {}, {} bytes stored",
+            image.slot_class,
+            image.size,
+            hex::encode(&image.sha256),
+            image.chunks.len(),
+            image.chunk_size,
+            image.compression.as_str(),
+            image.payload_len()
+        );
+    }
+    Ok(Outcome::Done)
+}
+
+fn verify(path: &Path, keyring_dir: &Path) -> Result<Outcome> {
+    let keyring = Keyring::load(keyring_dir)
+        .with_context(|| format!("loading the keyring {}", keyring_dir.display()))?;
+    let v = bundle::verify_all(&mut open_bundle(path)?, &keyring)
+        .map_err(|e| Refused(format!("bundle {} is not valid: {e}", path.display())))?;
+    println!(
+        "bundle {} is valid: {} for {}, signed by {}",
+        path.display(),
+        v.manifest.version,
+        v.manifest.compatible,
+        hex::encode(&v.key_id)
+    );
+    Ok(Outcome::Done)
+}

@@ -1,0 +1,392 @@
+//! Moving the payload onto the disk and checking it there.
+//!
+//! Chunks are independent zstd frames, so decoding (the expensive part, about 400 MB/s per
+//! core on root filesystem data) runs on every core while one thread reads the bundle and the
+//! caller's thread writes in order. Written data is synced at checkpoints; after each one a
+//! verifier thread reads that region back from the disk and feeds it to the image's SHA-256,
+//! so the read-back of the whole slot overlaps the writing instead of following it. Memory
+//! stays bounded by the channel depths and two staging buffers, whatever the image size.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use sha2::{Digest, Sha256};
+
+use super::journal::held_block_path;
+use super::progress::Progress;
+use super::target::{aligned_buffer, Device};
+use super::{CHECKPOINT_BYTES, FIRST_BLOCK};
+use crate::bundle::{self, Manifest};
+use crate::source::BundleReader;
+use crate::statefile;
+
+/// A slot that does not read back as the bundle says: the next run starts over.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "slot verification failed: {path} reads back with SHA-256 {found}, the bundle says \
+     {expected}; the slot stays out of rotation, run the install again"
+)]
+pub struct Mismatch {
+    pub path: String,
+    pub found: String,
+    pub expected: String,
+}
+
+/// Chunks in flight per stage: enough to keep every decoder busy, few enough that peak
+/// memory stays a small multiple of the chunk size.
+const DEPTH: usize = 2;
+
+/// Writes and read-backs go to the disk in pieces this large: big enough for full speed,
+/// small enough for the memory budget.
+const STAGE: usize = 2 * 1024 * 1024;
+
+/// Chunk buffers handed back for reuse: a fresh megabyte per chunk, freed on another thread,
+/// would spread over the allocator's per-thread arenas and inflate the resident size.
+#[derive(Default)]
+struct Pool(Mutex<Vec<Vec<u8>>>);
+
+impl Pool {
+    fn take(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|mut p| p.pop())
+            .unwrap_or_default()
+    }
+
+    fn give(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        if let Ok(mut p) = self.0.lock() {
+            if p.len() < 2 * (DEPTH + decoders()) {
+                p.push(buf);
+            }
+        }
+    }
+}
+
+fn decoders() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
+}
+
+/// Writes every chunk from `start` on, in order, and checks every image against its SHA-256
+/// by reading it back from the disk. Each chunk's stored bytes are checked against the
+/// manifest before they are decoded, and the decoded length against the chunk's; the first
+/// [`FIRST_BLOCK`] bytes of each image go to the state directory instead of the disk.
+/// `checkpoint(image, next_chunk)` is called once the data before that point is synced.
+pub fn write_payload(
+    bundle: &bundle::Verified,
+    devices: &[Device],
+    mut reader: BundleReader,
+    start: (usize, usize),
+    state_dir: &Path,
+    mut checkpoint: impl FnMut(usize, usize) -> Result<()>,
+    progress: &mut Progress,
+) -> Result<()> {
+    let (manifest, payload_offset) = (&bundle.manifest, bundle.payload_offset);
+    let refs: Vec<bundle::ChunkRef> = manifest
+        .chunks()
+        .filter(|c| (c.image, c.index) >= start)
+        .collect();
+    let work: Vec<(usize, usize)> = refs.iter().map(|c| (c.image, c.index)).collect();
+    let total: u64 = manifest.images.iter().map(|i| i.size).sum();
+    // What earlier runs wrote is read back like the rest: never trust bytes unverified.
+    let on_disk = |i: usize| -> u64 {
+        if i < start.0 {
+            manifest.images[i].size
+        } else if i == start.0 {
+            manifest.images[i].chunk_range(start.1).start
+        } else {
+            0
+        }
+    };
+    let mut done: u64 = (0..manifest.images.len()).map(on_disk).sum();
+    progress.phase("write", total);
+    progress.set(done);
+
+    let (stored_tx, stored_rx) = sync_channel::<(usize, Result<Vec<u8>>)>(DEPTH);
+    let (decoded_tx, decoded_rx) = sync_channel::<(usize, Result<Vec<u8>>)>(DEPTH);
+    let (verify_tx, verify_rx) = sync_channel::<(usize, u64)>(manifest.images.len() + 64);
+    // When a stage stops (an error), the channel ends it held go with it, so the stages
+    // blocked on them wake up with an error instead of waiting forever: the decoders share the
+    // only handle on the stored chunks, the writer owns the only one on decoded chunks.
+    let stored_rx = Arc::new(Mutex::new(stored_rx));
+    let verified = AtomicU64::new(0);
+    let (stored_pool, decoded_pool) = (Pool::default(), Pool::default());
+
+    std::thread::scope(|scope| -> Result<()> {
+        let decoded_rx = decoded_rx;
+        let (work, refs) = (&work, &refs);
+        let verified = &verified;
+        let (stored_pool, decoded_pool) = (&stored_pool, &decoded_pool);
+        scope.spawn(move || {
+            for (seq, chunk) in refs.iter().enumerate() {
+                let mut buf = stored_pool.take();
+                let r = bundle::read_stored(&mut reader, chunk, payload_offset, &mut buf)
+                    .with_context(|| {
+                        format!(
+                            "reading chunk {} of the {} image",
+                            chunk.index, manifest.images[chunk.image].slot_class
+                        )
+                    })
+                    .map(|()| buf);
+                // Nothing may follow the payload: such a bundle was not made by abup bundle
+                // create, and its surplus is reported in place of the last chunk.
+                let r = r.and_then(|buf| {
+                    if seq + 1 == work.len() && reader.read(&mut [0u8; 1])? > 0 {
+                        anyhow::bail!("the bundle has bytes after its payload; it is damaged");
+                    }
+                    Ok(buf)
+                });
+                let failed = r.is_err();
+                if stored_tx.send((seq, r)).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        for _ in 0..decoders() {
+            let (rx, tx) = (stored_rx.clone(), decoded_tx.clone());
+            scope.spawn(move || decode_loop(manifest, work, &rx, tx, stored_pool, decoded_pool));
+        }
+        drop(decoded_tx);
+        drop(stored_rx);
+        let verifier =
+            scope.spawn(move || verify_loop(manifest, devices, state_dir, verify_rx, verified));
+        for i in 0..manifest.images.len() {
+            if on_disk(i) > 0 {
+                let _ = verify_tx.send((i, on_disk(i)));
+            }
+        }
+
+        let written = write_in_order(
+            manifest,
+            devices,
+            work,
+            state_dir,
+            &decoded_rx,
+            decoded_pool,
+            &verify_tx,
+            &mut checkpoint,
+            &mut |n| {
+                done += n;
+                progress.set(done);
+            },
+        );
+        drop(verify_tx);
+        if written.is_ok() {
+            progress.phase("check", total);
+            while !verifier.is_finished() {
+                progress.set(verified.load(Ordering::Relaxed));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            progress.set(total);
+        }
+        let checked = verifier
+            .join()
+            .map_err(|_| anyhow!("the read-back thread failed"))?;
+        written.and(checked)
+    })
+}
+
+/// The caller's thread: chunks in order (the reader and decoders run ahead by at most a few),
+/// staged into large aligned writes, synced at checkpoints, which are then journalled and
+/// handed to the verifier.
+#[allow(clippy::too_many_arguments)]
+fn write_in_order(
+    manifest: &Manifest,
+    devices: &[Device],
+    work: &[(usize, usize)],
+    state_dir: &Path,
+    decoded_rx: &Receiver<(usize, Result<Vec<u8>>)>,
+    pool: &Pool,
+    verify_tx: &SyncSender<(usize, u64)>,
+    checkpoint: &mut impl FnMut(usize, usize) -> Result<()>,
+    advance: &mut impl FnMut(u64),
+) -> Result<()> {
+    let mut stage = Stage::new()?;
+    let mut pending: BTreeMap<usize, Result<Vec<u8>>> = BTreeMap::new();
+    let mut since_sync: u64 = 0;
+    for (seq, &(i, k)) in work.iter().enumerate() {
+        let data = loop {
+            if let Some(d) = pending.remove(&seq) {
+                break d?;
+            }
+            let (s, d) = decoded_rx
+                .recv()
+                .map_err(|_| anyhow!("the bundle reader stopped before chunk {k} of image {i}"))?;
+            pending.insert(s, d);
+        };
+        let image = &manifest.images[i];
+        let range = image.chunk_range(k);
+        let device = &devices[i];
+        if range.start < FIRST_BLOCK {
+            // Held back: durable in the state directory before the journal can claim it.
+            let held = (FIRST_BLOCK - range.start).min(data.len() as u64) as usize;
+            statefile::replace(&held_block_path(state_dir, i), &data[..held])?;
+            stage.push(device, range.start + held as u64, &data[held..])?;
+        } else {
+            stage.push(device, range.start, &data)?;
+        }
+        since_sync += data.len() as u64;
+        advance(data.len() as u64);
+        pool.give(data);
+        let image_done = k + 1 == image.chunks.len();
+        if since_sync >= CHECKPOINT_BYTES.min(image.size / 8) || image_done {
+            stage.flush(device)?;
+            device.sync()?;
+            since_sync = 0;
+            if image_done {
+                checkpoint(i + 1, 0)?;
+            } else {
+                checkpoint(i, k + 1)?;
+            }
+            // The verifier stops early on a mismatch; its error is the one that matters.
+            let _ = verify_tx.send((i, range.end));
+        }
+    }
+    Ok(())
+}
+
+/// Contiguous chunk data gathered into one aligned buffer, written in [`STAGE`] pieces.
+struct Stage {
+    buf: memmap2::MmapMut,
+    start: u64,
+    len: usize,
+}
+
+impl Stage {
+    fn new() -> Result<Stage> {
+        Ok(Stage {
+            buf: aligned_buffer(STAGE)?,
+            start: 0,
+            len: 0,
+        })
+    }
+
+    fn push(&mut self, device: &Device, mut at: u64, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            if self.len > 0 && at != self.start + self.len as u64 {
+                self.flush(device)?;
+            }
+            if self.len == 0 {
+                self.start = at;
+            }
+            let n = data.len().min(STAGE - self.len);
+            self.buf[self.len..self.len + n].copy_from_slice(&data[..n]);
+            self.len += n;
+            at += n as u64;
+            data = &data[n..];
+            if self.len == STAGE {
+                self.flush(device)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, device: &Device) -> Result<()> {
+        if self.len > 0 {
+            device.write_aligned(self.start, &self.buf[..self.len])?;
+            self.len = 0;
+        }
+        Ok(())
+    }
+}
+
+type Jobs<'a> = &'a Mutex<Receiver<(usize, Result<Vec<u8>>)>>;
+
+/// Takes stored chunks (or the reader's error, in its place in the order) and passes them on
+/// decoded, until the reader is done or something failed.
+fn decode_loop(
+    manifest: &Manifest,
+    work: &[(usize, usize)],
+    rx: Jobs<'_>,
+    tx: SyncSender<(usize, Result<Vec<u8>>)>,
+    stored_pool: &Pool,
+    decoded_pool: &Pool,
+) {
+    let mut decoder = match bundle::Decoder::new() {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = tx.send((0, Err(e.into())));
+            return;
+        }
+    };
+    loop {
+        let next = match rx.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok((seq, stored)) = next else { return };
+        let (i, k) = work[seq];
+        let result = stored.and_then(|stored| {
+            let mut out = decoded_pool.take();
+            let r = decoder
+                .decode(&manifest.images[i], k, &stored, &mut out)
+                .map_err(anyhow::Error::from)
+                .map(|()| out);
+            stored_pool.give(stored);
+            r
+        });
+        let failed = result.is_err();
+        if tx.send((seq, result)).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Reads each image back from the disk as far as the writer has synced it, in order, into
+/// the image's SHA-256; the held-back first block stands in for the zeros still on the disk.
+/// At each image's end the digest must be the manifest's.
+fn verify_loop(
+    manifest: &Manifest,
+    devices: &[Device],
+    state_dir: &Path,
+    ranges: Receiver<(usize, u64)>,
+    verified: &AtomicU64,
+) -> Result<()> {
+    let mut buf = aligned_buffer(STAGE)?;
+    let mut hashers: Vec<(Sha256, u64)> =
+        manifest.images.iter().map(|_| (Sha256::new(), 0)).collect();
+    for (i, end) in ranges {
+        let image = &manifest.images[i];
+        let device = &devices[i];
+        let (hasher, upto) = &mut hashers[i];
+        if *upto == 0 && end > 0 {
+            let held = std::fs::read(held_block_path(state_dir, i))
+                .context("reading the held-back first block")?;
+            hasher.update(&held);
+            *upto = held.len() as u64;
+            verified.fetch_add(*upto, Ordering::Relaxed);
+        }
+        while *upto < end {
+            let n = ((end - *upto) as usize).min(STAGE);
+            device.read_aligned(*upto, &mut buf[..n])?;
+            hasher.update(&buf[..n]);
+            *upto += n as u64;
+            verified.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        if *upto == image.size {
+            let digest: [u8; 32] = std::mem::take(hasher).finalize().into();
+            if digest != image.sha256 {
+                return Err(Mismatch {
+                    path: device.path.display().to_string(),
+                    found: super::hex(&digest),
+                    expected: super::hex(&image.sha256),
+                }
+                .into());
+            }
+        }
+    }
+    if let Some(i) = (0..manifest.images.len()).find(|&i| hashers[i].1 < manifest.images[i].size) {
+        return Err(anyhow!(
+            "the {} image was not read back completely",
+            manifest.images[i].slot_class
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,186 @@
+//! The slot being written: its devices opened for writing after the checks that keep abup
+//! away from anything in use, and read back from the disk rather than from the page cache.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+
+/// Direct I/O needs offsets, lengths and memory aligned to the logical block size; 4 KiB
+/// covers every device abup meets.
+pub const ALIGN: u64 = 4096;
+
+/// One device of the target slot.
+#[derive(Debug)]
+pub struct Device {
+    pub path: PathBuf,
+    pub file: File,
+    pub size: u64,
+    /// The same device opened with O_DIRECT, when it allows it (tmpfs does not): large
+    /// aligned writes and reads then go straight to the medium, without filling the page
+    /// cache with a gigabyte that will not be read again, and a read-back reads the disk.
+    direct: Option<File>,
+}
+
+/// Identity of a block device (its device number) or of a file (device and inode), so that
+/// two paths for one thing compare equal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Identity {
+    Block(u64),
+    File(u64, u64),
+}
+
+fn identity(path: &Path) -> Option<Identity> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(if m.file_type().is_block_device() {
+        Identity::Block(m.rdev())
+    } else {
+        Identity::File(m.dev(), m.ino())
+    })
+}
+
+/// Refuses a target device that is the running system or is mounted. `busy` are the devices
+/// of the booted slot, which abup never opens for writing.
+pub fn check_not_in_use(path: &Path, busy: &[&Path]) -> Result<()> {
+    let id = identity(path).with_context(|| format!("{} does not exist", path.display()))?;
+    for b in busy {
+        if identity(b) == Some(id) {
+            bail!(
+                "{} is a device of the booted slot ({}); abup never writes the running slot",
+                path.display(),
+                b.display()
+            );
+        }
+    }
+    if let Identity::Block(rdev) = id {
+        if std::fs::metadata("/").is_ok_and(|m| m.dev() == rdev) {
+            bail!("{} holds the running root filesystem", path.display());
+        }
+        let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for line in mountinfo.lines() {
+            let mut f = line.split(' ');
+            let (Some(_), Some(_), Some(devno), Some(_), Some(mount_point)) =
+                (f.next(), f.next(), f.next(), f.next(), f.next())
+            else {
+                continue;
+            };
+            if devno == format!("{major}:{minor}") {
+                bail!(
+                    "{} is mounted at {mount_point}; unmount it before installing",
+                    path.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Opens a slot device for writing: never created, never truncated, its size the capacity.
+pub fn open(path: &Path) -> Result<Device> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening slot device {}", path.display()))?;
+    let size = file
+        .seek(SeekFrom::End(0))
+        .with_context(|| format!("finding the size of {}", path.display()))?;
+    let direct = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::fcntl::OFlag::O_DIRECT.bits())
+        .open(path)
+        .map_err(|e| log::debug!("{}: no direct I/O ({e})", path.display()))
+        .ok();
+    Ok(Device {
+        path: path.to_owned(),
+        file,
+        size,
+        direct,
+    })
+}
+
+/// Memory aligned for direct I/O (an anonymous mapping is page-aligned).
+pub fn aligned_buffer(len: usize) -> Result<memmap2::MmapMut> {
+    memmap2::MmapMut::map_anon(len).context("allocating an I/O buffer")
+}
+
+impl Device {
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(data, offset)
+            .with_context(|| format!("writing {} at byte {offset}", self.path.display()))?;
+        crate::failpoint::wrote(&format!("{} at {offset}", self.path.display()));
+        Ok(())
+    }
+
+    /// Writes `data` (from an [`aligned_buffer`]) at `offset`: the aligned part directly,
+    /// any unaligned tail through the page cache.
+    pub fn write_aligned(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let direct_len = match &self.direct {
+            Some(_) if offset % ALIGN == 0 => (data.len() as u64 / ALIGN * ALIGN) as usize,
+            _ => 0,
+        };
+        if let (Some(direct), true) = (&self.direct, direct_len > 0) {
+            direct
+                .write_all_at(&data[..direct_len], offset)
+                .with_context(|| format!("writing {} at byte {offset}", self.path.display()))?;
+            crate::failpoint::wrote(&format!("{} at {offset}", self.path.display()));
+        }
+        if direct_len < data.len() {
+            self.write_at(offset + direct_len as u64, &data[direct_len..])?;
+        }
+        Ok(())
+    }
+
+    /// Reads into `buf` (from an [`aligned_buffer`]) at `offset` from the medium: directly
+    /// when aligned, else through the page cache after dropping it.
+    pub fn read_aligned(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let direct_len = match &self.direct {
+            Some(_) if offset % ALIGN == 0 => (buf.len() as u64 / ALIGN * ALIGN) as usize,
+            _ => 0,
+        };
+        if let (Some(direct), true) = (&self.direct, direct_len > 0) {
+            direct
+                .read_exact_at(&mut buf[..direct_len], offset)
+                .with_context(|| {
+                    format!("reading back {} at byte {offset}", self.path.display())
+                })?;
+        }
+        if direct_len < buf.len() {
+            self.drop_cache();
+            self.read_at(offset + direct_len as u64, &mut buf[direct_len..])?;
+        }
+        Ok(())
+    }
+
+    /// Everything written so far, through either descriptor, on the medium (fsync also
+    /// flushes the device's volatile write cache).
+    pub fn sync(&self) -> Result<()> {
+        if let Some(d) = &self.direct {
+            d.sync_data()
+                .with_context(|| format!("syncing {}", self.path.display()))?;
+        }
+        self.file
+            .sync_data()
+            .with_context(|| format!("syncing {}", self.path.display()))
+    }
+
+    /// Drops the device's cached pages so the next reads come from the medium: a read-back
+    /// from the page cache would only check memory.
+    pub fn drop_cache(&self) {
+        if let Err(e) = posix_fadvise(&self.file, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED) {
+            log::debug!("{}: cannot drop cached pages: {e}", self.path.display());
+        }
+    }
+
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.file
+            .read_exact_at(buf, offset)
+            .with_context(|| format!("reading back {} at byte {offset}", self.path.display()))
+    }
+}

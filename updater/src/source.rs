@@ -1,0 +1,291 @@
+//! Where a bundle comes from: a file, standard input, or an http(s) URL.
+//!
+//! The install reads a bundle front to back once. A [`BundleReader`] can also move forward to
+//! a later offset (to resume an interrupted install at a chunk boundary): a file seeks, a URL
+//! asks the server for the rest with an HTTP Range request, standard input reads and discards.
+//! Network errors are retried a bounded number of times with exponential backoff, resuming at
+//! the byte where the connection broke; every chunk is hash-checked later, so a server that
+//! sends something else is caught there, not trusted.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+/// Where a bundle comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    File(PathBuf),
+    Stdin,
+    Url(String),
+}
+
+/// How hard to try over a network.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    /// Consecutive failures tolerated before giving up; progress resets the count.
+    pub attempts: u32,
+    /// The first wait; each further one doubles, up to [`MAX_WAIT`].
+    pub first_wait: Duration,
+}
+
+/// Long enough for a flapping link to come back, short enough that an OTA agent sees a
+/// failure within minutes.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+impl Source {
+    pub fn parse(arg: &str) -> Source {
+        if arg == "-" {
+            Source::Stdin
+        } else if arg.starts_with("http://") || arg.starts_with("https://") {
+            Source::Url(arg.to_owned())
+        } else {
+            Source::File(PathBuf::from(arg))
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Source::File(p) => p.display().to_string(),
+            Source::Stdin => "standard input".to_owned(),
+            Source::Url(u) => u.clone(),
+        }
+    }
+
+    /// Opens the bundle at its start.
+    pub fn open(&self, retry: Retry) -> Result<BundleReader> {
+        let inner = match self {
+            Source::File(p) => Inner::File(
+                File::open(p).with_context(|| format!("opening bundle {}", p.display()))?,
+            ),
+            Source::Stdin => Inner::Stdin(io::stdin()),
+            Source::Url(url) => Inner::Http(Http {
+                agent: ureq::AgentBuilder::new()
+                    .timeout_connect(Duration::from_secs(30))
+                    .timeout_read(Duration::from_secs(60))
+                    .build(),
+                url: url.clone(),
+                body: None,
+                len: None,
+            }),
+        };
+        let mut reader = BundleReader {
+            inner,
+            pos: 0,
+            retry,
+        };
+        if let Inner::Http(_) = reader.inner {
+            // Connect now, so a wrong URL fails before anything else happens.
+            reader
+                .http_connect()
+                .with_context(|| format!("downloading {}", self.describe()))?;
+        }
+        Ok(reader)
+    }
+}
+
+/// A bundle being read, front to back, with the position known.
+pub struct BundleReader {
+    inner: Inner,
+    pos: u64,
+    retry: Retry,
+}
+
+impl std::fmt::Debug for BundleReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BundleReader")
+            .field("pos", &self.pos)
+            .finish()
+    }
+}
+
+enum Inner {
+    File(File),
+    Stdin(io::Stdin),
+    Http(Http),
+}
+
+struct Http {
+    agent: ureq::Agent,
+    url: String,
+    body: Option<Box<dyn Read + Send + Sync>>,
+    /// The bundle's length, from the first response.
+    len: Option<u64>,
+}
+
+impl BundleReader {
+    /// Bytes read (or skipped) from the start of the bundle.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Moves forward to `offset`, without reading what lies between when the source allows.
+    pub fn skip_to(&mut self, offset: u64) -> io::Result<()> {
+        if offset < self.pos {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a bundle is read front to back",
+            ));
+        }
+        if offset == self.pos {
+            return Ok(());
+        }
+        match &mut self.inner {
+            Inner::File(f) => {
+                f.seek(SeekFrom::Start(offset))?;
+                self.pos = offset;
+            }
+            Inner::Http(h) => {
+                // The next read asks for the rest from `offset`.
+                h.body = None;
+                self.pos = offset;
+            }
+            Inner::Stdin(s) => {
+                let n = io::copy(&mut s.take(offset - self.pos), &mut io::sink())?;
+                self.pos += n;
+                if self.pos < offset {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn http_connect(&mut self) -> io::Result<()> {
+        let Inner::Http(h) = &mut self.inner else {
+            return Ok(());
+        };
+        let mut req = h.agent.get(&h.url);
+        if self.pos > 0 {
+            req = req.set("Range", &format!("bytes={}-", self.pos));
+        }
+        let resp = req.call().map_err(|e| match e {
+            ureq::Error::Status(code, r) => {
+                io::Error::other(format!("the server answered {code} {}", r.status_text()))
+            }
+            ureq::Error::Transport(t) => io::Error::other(t.to_string()),
+        })?;
+        let ranged = resp.status() == 206;
+        if self.pos > 0 && !ranged {
+            return Err(io::Error::other(
+                "the server ignored the Range request, so the download cannot resume",
+            ));
+        }
+        let header_len = |name| resp.header(name).map(str::to_owned);
+        let total = if ranged {
+            // Content-Range: bytes START-END/TOTAL
+            header_len("Content-Range")
+                .and_then(|v| v.rsplit('/').next().and_then(|t| t.parse().ok()))
+        } else {
+            header_len("Content-Length").and_then(|v| v.parse().ok())
+        };
+        if let (Some(known), Some(now)) = (h.len, total) {
+            if known != now {
+                return Err(io::Error::other(format!(
+                    "the bundle changed on the server ({known} bytes, now {now})"
+                )));
+            }
+        }
+        h.len = h.len.or(total);
+        h.body = Some(Box::new(resp.into_reader()));
+        Ok(())
+    }
+
+    fn read_http(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut failures = 0u32;
+        let mut wait = self.retry.first_wait;
+        loop {
+            let result = match &mut self.inner {
+                Inner::Http(h) if h.body.is_none() => self.http_connect().map(|()| None),
+                Inner::Http(h) => {
+                    let Some(body) = h.body.as_mut() else {
+                        unreachable!("checked above")
+                    };
+                    match body.read(buf) {
+                        // A clean end before the announced length is a dropped connection.
+                        Ok(0) if h.len.is_some_and(|len| self.pos < len) => {
+                            Err(io::Error::from(io::ErrorKind::UnexpectedEof))
+                        }
+                        r => r.map(Some),
+                    }
+                }
+                _ => unreachable!("only called for URLs"),
+            };
+            match result {
+                Ok(Some(n)) => return Ok(n),
+                Ok(None) => continue,
+                Err(e) if failures < self.retry.attempts => {
+                    failures += 1;
+                    log::warn!(
+                        "download interrupted at byte {} ({e}); retrying in {:?} ({failures}/{})",
+                        self.pos,
+                        wait,
+                        self.retry.attempts
+                    );
+                    if let Inner::Http(h) = &mut self.inner {
+                        h.body = None;
+                    }
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(MAX_WAIT);
+                }
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!(
+                            "download failed at byte {} after {failures} retries: {e}",
+                            self.pos
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+impl Read for BundleReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = match &mut self.inner {
+            Inner::File(f) => f.read(buf)?,
+            Inner::Stdin(s) => s.read(buf)?,
+            Inner::Http(_) => self.read_http(buf)?,
+        };
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_parse() {
+        assert_eq!(Source::parse("-"), Source::Stdin);
+        assert_eq!(
+            Source::parse("https://updates.example/b.abup"),
+            Source::Url("https://updates.example/b.abup".into())
+        );
+        assert_eq!(Source::parse("./b"), Source::File("./b".into()));
+    }
+
+    #[test]
+    fn file_reader_skips_forward_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b");
+        std::fs::write(&p, b"0123456789").unwrap();
+        let retry = Retry {
+            attempts: 0,
+            first_wait: Duration::ZERO,
+        };
+        let mut r = Source::File(p).open(retry).unwrap();
+        let mut b = [0; 2];
+        r.read_exact(&mut b).unwrap();
+        r.skip_to(6).unwrap();
+        r.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"67");
+        assert_eq!(r.position(), 8);
+        assert!(r.skip_to(1).is_err());
+    }
+}

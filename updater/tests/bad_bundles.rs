@@ -1,0 +1,80 @@
+//! Every bundle in the bad-input corpus (scripts/gen-bad-bundles) is refused with a one-line
+//! error naming the problem and a non-zero exit status, and the running slot, the bootloader
+//! environment (so what boots next) and the running slot's state are exactly as before.
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+mod common;
+
+use std::process::Command;
+
+use common::fixture::Fixture;
+
+#[test]
+fn every_bad_bundle_is_refused_and_nothing_changes() {
+    if !(common::have("python3") && common::have("openssl")) {
+        return;
+    }
+    let f = Fixture::new(3 << 20, "");
+    // The device has confirmed security version 3.
+    std::fs::write(f.state.join("security.json"), r#"{"version":1,"floor":3}"#).unwrap();
+    let corpus = f.t.path("corpus");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/gen-bad-bundles");
+    let out = Command::new(script)
+        .arg(env!("CARGO_BIN_EXE_abup"))
+        .arg(&f.key)
+        .arg("abup-test")
+        .arg(&corpus)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let env = f.env();
+    let slot_a = f.slot("A");
+    let cases = std::fs::read_to_string(corpus.join("cases.tsv")).unwrap();
+    let mut n = 0;
+    for line in cases.lines() {
+        let mut cols = line.split('\t');
+        let (name, status, word) = (
+            cols.next().unwrap(),
+            cols.next().unwrap(),
+            cols.next().unwrap(),
+        );
+        // Each case is a first attempt: a journal left by an earlier case at the same signed
+        // bundle would rightly let this one resume past its damage.
+        for entry in std::fs::read_dir(&f.state).unwrap() {
+            let p = entry.unwrap().path();
+            if p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("install-")
+                || p.ends_with("install.json")
+            {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+        let r = f.abup(&["install", corpus.join(name).to_str().unwrap()]);
+        let err = r.stderr_text();
+        if std::env::var_os("SHOW_ERRORS").is_some() {
+            eprintln!("{name}\t{:?}\t{}", r.code, err.trim());
+        }
+        assert_eq!(r.code, Some(status.parse().unwrap()), "{name}: {err}");
+        assert_eq!(err.lines().count(), 1, "{name}: one line: {err}");
+        assert!(err.starts_with("abup: error: "), "{name}: {err}");
+        assert!(
+            !word.is_empty() && err.contains(word),
+            "{name}: the error should name {word:?}: {err}"
+        );
+        assert_eq!(f.env(), env, "{name}: the bootloader environment changed");
+        assert_eq!(f.slot("A"), slot_a, "{name}: the running slot changed");
+        let s = f.status();
+        assert_eq!(s["next_boot"], "A", "{name}");
+        assert_eq!(s["last_install"]["outcome"], "failed", "{name}");
+        n += 1;
+    }
+    assert!(n >= 60, "{n} cases");
+    eprintln!("{n} bad bundles refused");
+}

@@ -1,0 +1,171 @@
+//! A device in a directory: two file-backed slots, abup's GRUB environment pair in the
+//! factory state (slot A running and confirmed), a keyring, a state directory, and a signing
+//! key to build bundles with.
+
+use std::path::PathBuf;
+
+use super::{abup, abup_with, Output, Tmp};
+
+pub struct Fixture {
+    pub t: Tmp,
+    pub board: PathBuf,
+    pub cmdline: PathBuf,
+    pub key: PathBuf,
+    pub keyring: PathBuf,
+    pub state: PathBuf,
+}
+
+/// Deterministic image content: incompressible bytes, then zeros, then text.
+pub fn image(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed ^ 0x2545_f491_4f6c_dd1d;
+    let mut v: Vec<u8> = (0..len / 2)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    v.resize(len * 3 / 4, 0);
+    while v.len() < len {
+        v.extend_from_slice(b"abup writes slots; ");
+    }
+    v.truncate(len);
+    v
+}
+
+impl Fixture {
+    /// Slots of `slot_size` bytes; `extra` is appended to the board file (hooks and such).
+    pub fn new(slot_size: u64, extra: &str) -> Fixture {
+        let t = Tmp::new();
+        for d in ["keyring", "state", "boot"] {
+            std::fs::create_dir(t.path(d)).unwrap();
+        }
+        for s in ["slot-a", "slot-b"] {
+            let f = std::fs::File::create(t.path(s)).unwrap();
+            f.set_len(slot_size).unwrap();
+        }
+        // Slot A holds the running system.
+        std::fs::write(t.path("slot-a"), image(slot_size as usize, 99)).unwrap();
+        let board = t.path("board.toml");
+        std::fs::write(
+            &board,
+            format!(
+                "[board]\nname = \"test\"\ncompatible = \"abup-test\"\n\
+                 [bootloader]\ntype = \"grub\"\ngrubenv = [{:?}, {:?}]\n\
+                 [install]\nstate-dir = {:?}\nkeyring = {:?}\n{extra}\n\
+                 [[slot]]\nname = \"A\"\ndevice = {:?}\n[[slot]]\nname = \"B\"\ndevice = {:?}\n",
+                t.path("boot/abupenv.0"),
+                t.path("boot/abupenv.1"),
+                t.path("state"),
+                t.path("keyring"),
+                t.path("slot-a"),
+                t.path("slot-b"),
+            ),
+        )
+        .unwrap();
+        abup(&[
+            "env",
+            "--grub",
+            t.path("boot/abupenv.0").to_str().unwrap(),
+            "--grub",
+            t.path("boot/abupenv.1").to_str().unwrap(),
+            "create",
+            "BOOT_ORDER=A B",
+            "BOOT_A_LEFT=3",
+            "BOOT_B_LEFT=0",
+            "BOOT_GOOD=A",
+        ])
+        .success();
+        let key = t.path("signing.pem");
+        abup(&[
+            "keygen",
+            "--secret",
+            key.to_str().unwrap(),
+            "--public",
+            t.path("keyring/release.pem").to_str().unwrap(),
+        ])
+        .success();
+        let cmdline = t.path("cmdline");
+        std::fs::write(&cmdline, "root=/dev/x abup.slot=A\n").unwrap();
+        Fixture {
+            board,
+            cmdline,
+            key,
+            keyring: t.path("keyring"),
+            state: t.path("state"),
+            t,
+        }
+    }
+
+    /// A bundle of `image` for this board.
+    pub fn bundle(
+        &self,
+        name: &str,
+        image: &[u8],
+        version: &str,
+        security_version: u64,
+    ) -> PathBuf {
+        let img = self.t.path(&format!("{name}.img"));
+        std::fs::write(&img, image).unwrap();
+        let out = self.t.path(name);
+        abup(&[
+            "bundle",
+            "create",
+            "--key",
+            self.key.to_str().unwrap(),
+            "--compatible",
+            "abup-test",
+            "--version",
+            version,
+            "--security-version",
+            &security_version.to_string(),
+            "--created",
+            "1790000000",
+            "--chunk-size",
+            "65536",
+            "--image",
+            img.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .success();
+        out
+    }
+
+    pub fn abup(&self, args: &[&str]) -> Output {
+        self.abup_env(args, &[])
+    }
+
+    pub fn abup_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut all: Vec<(&str, &std::ffi::OsStr)> = vec![
+            ("ABUP_CONFIG", self.board.as_os_str()),
+            ("ABUP_PROC_CMDLINE", self.cmdline.as_os_str()),
+        ];
+        all.extend(env.iter().map(|(k, v)| (*k, std::ffi::OsStr::new(*v))));
+        abup_with(args, &all)
+    }
+
+    /// The running slot, as the kernel command line says.
+    pub fn boot(&self, slot: &str) {
+        std::fs::write(&self.cmdline, format!("abup.slot={slot}\n")).unwrap();
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.abup(&["status", "--json"]);
+        out.success();
+        serde_json::from_str(&out.stdout_text()).unwrap()
+    }
+
+    pub fn slot(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.t.path(&format!("slot-{}", name.to_lowercase()))).unwrap()
+    }
+
+    /// The environment pair's bytes.
+    pub fn env(&self) -> [Vec<u8>; 2] {
+        [
+            std::fs::read(self.t.path("boot/abupenv.0")).unwrap(),
+            std::fs::read(self.t.path("boot/abupenv.1")).unwrap(),
+        ]
+    }
+}
