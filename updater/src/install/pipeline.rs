@@ -10,8 +10,9 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,28 +47,53 @@ const DEPTH: usize = 2;
 /// small enough for the memory budget.
 const STAGE: usize = 2 * 1024 * 1024;
 
-/// Chunk buffers handed back for reuse: a fresh megabyte per chunk, freed on another thread,
-/// would spread over the allocator's per-thread arenas and inflate the resident size.
-#[derive(Default)]
-struct Pool(Mutex<Vec<Vec<u8>>>);
+/// A fixed set of chunk buffers, so memory is bounded by design rather than by how the
+/// allocator treats megabytes freed on other threads. `take` waits for a free buffer; it
+/// returns `None` once `stop` is set, so no stage waits forever after another failed.
+struct Pool<'a> {
+    free: Mutex<Receiver<Vec<u8>>>,
+    back: SyncSender<Vec<u8>>,
+    stop: &'a AtomicBool,
+}
 
-impl Pool {
-    fn take(&self) -> Vec<u8> {
-        self.0
-            .lock()
-            .ok()
-            .and_then(|mut p| p.pop())
-            .unwrap_or_default()
+impl<'a> Pool<'a> {
+    fn new(buffers: usize, stop: &'a AtomicBool) -> Pool<'a> {
+        let (back, free) = sync_channel(buffers);
+        for _ in 0..buffers {
+            let _ = back.try_send(Vec::new());
+        }
+        Pool {
+            free: Mutex::new(free),
+            back,
+            stop,
+        }
+    }
+
+    fn take(&self) -> Option<Vec<u8>> {
+        let free = self.free.lock().ok()?;
+        loop {
+            match free.recv_timeout(Duration::from_millis(50)) {
+                Ok(buf) => return Some(buf),
+                Err(RecvTimeoutError::Timeout) if !self.stop.load(Ordering::Relaxed) => {}
+                Err(_) => return None,
+            }
+        }
     }
 
     fn give(&self, mut buf: Vec<u8>) {
         buf.clear();
-        if let Ok(mut p) = self.0.lock() {
-            if p.len() < 2 * (DEPTH + decoders()) {
-                p.push(buf);
-            }
-        }
+        let _ = self.back.try_send(buf);
     }
+}
+
+/// Stored chunks: one being read, the channel's, one per decoder.
+fn stored_buffers() -> usize {
+    DEPTH + decoders()
+}
+
+/// Decoded chunks: one per decoder, the channel's, and one being written.
+fn decoded_buffers() -> usize {
+    DEPTH + decoders() + 1
 }
 
 fn decoders() -> usize {
@@ -117,7 +143,11 @@ pub fn write_payload(
     // only handle on the stored chunks, the writer owns the only one on decoded chunks.
     let stored_rx = Arc::new(Mutex::new(stored_rx));
     let verified = AtomicU64::new(0);
-    let (stored_pool, decoded_pool) = (Pool::default(), Pool::default());
+    let stop = AtomicBool::new(false);
+    let (stored_pool, decoded_pool) = (
+        Pool::new(stored_buffers(), &stop),
+        Pool::new(decoded_buffers(), &stop),
+    );
 
     std::thread::scope(|scope| -> Result<()> {
         let decoded_rx = decoded_rx;
@@ -126,7 +156,10 @@ pub fn write_payload(
         let (stored_pool, decoded_pool) = (&stored_pool, &decoded_pool);
         scope.spawn(move || {
             for (seq, chunk) in refs.iter().enumerate() {
-                let mut buf = stored_pool.take();
+                let Some(mut buf) = stored_pool.take() else {
+                    return;
+                };
+                buf.reserve_exact(chunk.stored as usize);
                 let r = bundle::read_stored(&mut reader, chunk, payload_offset, &mut buf)
                     .with_context(|| {
                         format!(
@@ -178,6 +211,8 @@ pub fn write_payload(
             },
         );
         drop(verify_tx);
+        // Whatever happened, no stage may wait for a buffer any more.
+        stop.store(true, Ordering::Relaxed);
         if written.is_ok() {
             progress.phase("check", total);
             while !verifier.is_finished() {
@@ -203,7 +238,7 @@ fn write_in_order(
     work: &[(usize, usize)],
     state_dir: &Path,
     decoded_rx: &Receiver<(usize, Result<Vec<u8>>)>,
-    pool: &Pool,
+    pool: &Pool<'_>,
     verify_tx: &SyncSender<(usize, u64)>,
     checkpoint: &mut impl FnMut(usize, usize) -> Result<()>,
     advance: &mut impl FnMut(u64),
@@ -306,8 +341,8 @@ fn decode_loop(
     work: &[(usize, usize)],
     rx: Jobs<'_>,
     tx: SyncSender<(usize, Result<Vec<u8>>)>,
-    stored_pool: &Pool,
-    decoded_pool: &Pool,
+    stored_pool: &Pool<'_>,
+    decoded_pool: &Pool<'_>,
 ) {
     let mut decoder = match bundle::Decoder::new() {
         Ok(d) => d,
@@ -317,14 +352,20 @@ fn decode_loop(
         }
     };
     loop {
-        let next = match rx.lock() {
-            Ok(rx) => rx.recv(),
-            Err(_) => return,
+        // The output buffer is taken while the job queue is held, so buffers go to chunks in
+        // order: the oldest chunk always has one and the writer can always move on.
+        let (seq, stored, mut out) = {
+            let Ok(jobs) = rx.lock() else { return };
+            let Ok((seq, stored)) = jobs.recv() else {
+                return;
+            };
+            let Some(out) = decoded_pool.take() else {
+                return;
+            };
+            (seq, stored, out)
         };
-        let Ok((seq, stored)) = next else { return };
         let (i, k) = work[seq];
         let result = stored.and_then(|stored| {
-            let mut out = decoded_pool.take();
             let r = decoder
                 .decode(&manifest.images[i], k, &stored, &mut out)
                 .map_err(anyhow::Error::from)
