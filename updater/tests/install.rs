@@ -316,3 +316,59 @@ fn an_unconfirmed_running_slot_must_confirm_first() {
         out.stderr_text()
     );
 }
+
+#[test]
+fn a_mounted_target_is_refused() {
+    if !(common::have("losetup") && common::have("mkfs.ext4")) {
+        return;
+    }
+    let f = Fixture::new(SLOT, "");
+    let b = f.bundle("b.abup", &image(100_000, 12), "2.0", 0);
+    // Slot B on a loop device, mounted.
+    let slot_b = f.t.path("slot-b");
+    assert!(Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&slot_b)
+        .status()
+        .unwrap()
+        .success());
+    let out = Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&slot_b)
+        .output()
+        .unwrap();
+    let dev = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    struct Undo(String, std::path::PathBuf);
+    impl Drop for Undo {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.1).status();
+            let _ = Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let mnt = f.t.path("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let _undo = Undo(dev.clone(), mnt.clone());
+    assert!(Command::new("mount")
+        .arg(&dev)
+        .arg(&mnt)
+        .status()
+        .unwrap()
+        .success());
+    let board = std::fs::read_to_string(&f.board).unwrap();
+    std::fs::write(
+        &f.board,
+        board.replace(&format!("{slot_b:?}"), &format!("{dev:?}")),
+    )
+    .unwrap();
+
+    let env = f.env();
+    let out = f.abup(&["install", b.to_str().unwrap()]);
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr_text()
+            .contains(&format!("is mounted at {}", mnt.display())),
+        "{}",
+        out.stderr_text()
+    );
+    assert_eq!(f.env(), env);
+}
