@@ -1,0 +1,598 @@
+//! A test device: one board's disk image as the factory leaves it (slot A written and
+//! confirmed, slot B empty, bundles waiting on the data partition), and the power-ons and
+//! abup commands a scenario puts it through.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use serde_json::Value;
+
+use crate::artifacts::{self, Arch};
+use crate::board::Board;
+use crate::rootfs::{self, SlotImage};
+use crate::vm::{self, Vm};
+use crate::{image, run};
+
+/// The bundles on every device's data partition, as the guest sees them.
+pub const BUNDLE_V2: &str = "/data/bundles/v2.abup";
+pub const BUNDLE_PANIC: &str = "/data/bundles/panic.abup";
+
+/// Partition numbers of `image::LAYOUT`.
+const BOOT: usize = 1;
+const SLOT_A: usize = 2;
+const SLOT_B: usize = 3;
+const DATA: usize = 4;
+const BIOS_GRUB: usize = 5;
+
+/// A boot can take this long under software emulation with both cores busy.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// An install of a slot image in the guest.
+pub const INSTALL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What one board's devices are made from, built once per test process.
+#[derive(Debug)]
+struct Template {
+    dir: tempfile::TempDir,
+    disk: PathBuf,
+}
+
+fn template(board: Board) -> Result<Arc<Template>> {
+    // One per board, each built under its own lock so boards build in parallel.
+    static TEMPLATES: [Mutex<Option<Arc<Template>>>; 4] = [const { Mutex::new(None) }; 4];
+    let index = board as usize;
+    let mut slot = TEMPLATES[index]
+        .lock()
+        .map_err(|_| anyhow!("template lock poisoned"))?;
+    if let Some(t) = slot.as_ref() {
+        return Ok(Arc::clone(t));
+    }
+    let t = Arc::new(
+        build_template(board)
+            .with_context(|| format!("building the {} disk image", board.name()))?,
+    );
+    *slot = Some(Arc::clone(&t));
+    Ok(t)
+}
+
+/// Factory provisioning of a test device, done on the host from files.
+fn build_template(board: Board) -> Result<Template> {
+    let dir = tempfile::Builder::new().prefix("abup-qemu-").tempdir()?;
+    let d = dir.path();
+    let abup = artifacts::abup()?;
+
+    // A release key; the guest trusts its public half.
+    let secret = d.join("release.key.pem");
+    let keyring = d.join("keyring");
+    fs::create_dir_all(&keyring)?;
+    let public = keyring.join("release.pem");
+    run(Command::new(&abup)
+        .arg("keygen")
+        .arg("--secret")
+        .arg(&secret)
+        .arg("--public")
+        .arg(&public))?;
+
+    let board_cfg = abup::board::Board::load(&board.config_dir().join("board.toml"))?;
+    let images = d.join("images");
+    fs::create_dir_all(&images)?;
+    let v1 = rootfs::image_path(&images, "1.0");
+    let v2 = rootfs::image_path(&images, "2.0");
+    let broken = rootfs::image_path(&images, "2.0-panic");
+    let slot = |version, bootable| SlotImage { version, bootable };
+    rootfs::build(board, slot("1.0", true), &public, &v1)?;
+    rootfs::build(board, slot("2.0", true), &public, &v2)?;
+    rootfs::build(board, slot("2.0-panic", false), &public, &broken)?;
+
+    // The data partition: the bundles the scenarios install.
+    let data = d.join("data");
+    fs::create_dir_all(data.join("bundles"))?;
+    for (image, version, name) in [
+        (&v2, "2.0", "v2.abup"),
+        (&broken, "2.0-panic", "panic.abup"),
+    ] {
+        run(Command::new(&abup)
+            .args(["bundle", "create", "--key"])
+            .arg(&secret)
+            .args(["--compatible", &board_cfg.compatible, "--version", version])
+            .args(["--security-version", "1", "--image"])
+            .arg(image)
+            .arg("-o")
+            .arg(data.join("bundles").join(name)))?;
+    }
+    let data_img = d.join("data.ext4");
+    image::ext4(&data, &data_img, image::LAYOUT[DATA - 1].size_mib)?;
+
+    // The boot partition: the board's script and its environment, as provisioning writes it:
+    // slot A confirmed with its tries, slot B without any.
+    let boot = d.join("boot");
+    fs::create_dir_all(&boot)?;
+    let mut script = String::new();
+    for part in &board_cfg.script {
+        let path = board.config_dir().join(part);
+        script.push_str(
+            &fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+        );
+    }
+    let tries = crate::board::TRIES.to_string();
+    let state = [
+        "BOOT_ORDER=A B".to_string(),
+        format!("BOOT_A_LEFT={tries}"),
+        "BOOT_B_LEFT=0".to_string(),
+        "BOOT_GOOD=A".to_string(),
+    ];
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    if board.is_grub() {
+        fs::write(boot.join("grub.cfg"), &script)?;
+        run(Command::new(&abup)
+            .arg("env")
+            .arg("--grub")
+            .arg(boot.join("abupenv.0"))
+            .arg("--grub")
+            .arg(boot.join("abupenv.1"))
+            .arg("create")
+            .args(&state))?;
+        let modules = [
+            "part_gpt",
+            "part_msdos",
+            "fat",
+            "ext2",
+            "normal",
+            "configfile",
+            "linux",
+            "loadenv",
+            "echo",
+            "test",
+            "reboot",
+            "halt",
+            "sleep",
+            "serial",
+            "terminal",
+            "search",
+        ];
+        let efi = d.join("BOOTX64.EFI");
+        run(Command::new("grub-mkimage")
+            .args(["-O", "x86_64-efi", "-p", "/grub", "-o"])
+            .arg(&efi)
+            .args(modules))?;
+        let core = d.join("core.img");
+        run(Command::new("grub-mkimage")
+            .args(["-O", "i386-pc", "-p", "(hd0,gpt1)/grub", "-o"])
+            .arg(&core)
+            .arg("biosdisk")
+            .args(modules))?;
+        files.push(("/grub/grub.cfg".into(), boot.join("grub.cfg")));
+        files.push(("/grub/abupenv.0".into(), boot.join("abupenv.0")));
+        files.push(("/grub/abupenv.1".into(), boot.join("abupenv.1")));
+        files.push(("/EFI/BOOT/BOOTX64.EFI".into(), efi));
+        files.push(("/core.img".into(), core));
+    } else {
+        let uboot = artifacts::u_boot(board.arch())?;
+        let cmd = boot.join("boot.cmd");
+        fs::write(&cmd, &script)?;
+        let arch = match board.arch() {
+            Arch::Arm64 => "arm64",
+            Arch::X86_64 => "x86",
+        };
+        run(Command::new("mkimage")
+            .args(["-A", arch, "-T", "script", "-C", "none", "-d"])
+            .arg(&cmd)
+            .arg(boot.join("boot.scr")))?;
+        // A saved environment replaces U-Boot's built-in one, so it starts from the defaults.
+        let defaults = fs::read_to_string(uboot.join("u-boot-initial-env"))?;
+        let mut vars: Vec<String> = defaults
+            .lines()
+            .filter(|l| l.contains('='))
+            .map(str::to_string)
+            .collect();
+        vars.extend(state.iter().cloned());
+        // Empty files of the environment's size, as U-Boot's own saveenv would leave them.
+        for name in ["uboot.env", "uboot-redund.env"] {
+            fs::File::create(boot.join(name))?.set_len(0x4000)?;
+        }
+        let config = d.join("fw_env.config");
+        fs::write(
+            &config,
+            format!(
+                "{} 0 0x4000\n{} 0 0x4000\n",
+                boot.join("uboot.env").display(),
+                boot.join("uboot-redund.env").display()
+            ),
+        )?;
+        run(Command::new(&abup)
+            .arg("env")
+            .arg("--uboot-config")
+            .arg(&config)
+            .arg("create")
+            .args(&vars))?;
+        files.push(("/boot.scr".into(), boot.join("boot.scr")));
+        files.push(("/uboot.env".into(), boot.join("uboot.env")));
+        files.push(("/uboot-redund.env".into(), boot.join("uboot-redund.env")));
+    }
+    let fat = d.join("boot.vfat");
+    let file_refs: Vec<(&str, &Path)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_path()))
+        .collect();
+    image::fat(&fat, image::LAYOUT[BOOT - 1].size_mib, &file_refs)?;
+
+    let disk = d.join("disk.img");
+    image::create_disk(&disk)?;
+    image::write_part(&disk, BOOT, &fat)?;
+    image::write_part(&disk, SLOT_A, &v1)?;
+    image::write_part(&disk, DATA, &data_img)?;
+    if board.is_grub() {
+        let boot_img = Path::new("/usr/lib/grub/i386-pc/boot.img");
+        image::install_bios_grub(&disk, BIOS_GRUB, boot_img, &d.join("core.img"))?;
+    }
+    Ok(Template { dir, disk })
+}
+
+/// One device under test, with its own copy of the board's disk.
+#[derive(Debug)]
+pub struct Device {
+    pub board: Board,
+    template: Arc<Template>,
+    dir: PathBuf,
+    pub disk: PathBuf,
+    pub log: PathBuf,
+    boots: usize,
+    /// The test health check fails (see `set_unhealthy`).
+    unhealthy: bool,
+}
+
+/// What one power-on showed on the console.
+#[derive(Debug)]
+pub struct Boot {
+    pub vm: Vm,
+    /// `abup.slot=` of the running kernel.
+    pub slot: String,
+    /// The version of the image in that slot.
+    pub version: String,
+    /// `abup status --json` after the boot-success service ran (on arm64, from the host).
+    pub status: Value,
+}
+
+impl Device {
+    /// A fresh device from the factory image; its files and console log go to
+    /// `target/qemu-tests/<board>-<scenario>/`.
+    pub fn new(board: Board, scenario: &str) -> Result<Device> {
+        let template = template(board)?;
+        let dir = artifacts::workspace()
+            .join("target/qemu-tests")
+            .join(format!("{}-{scenario}", board.name()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        let disk = dir.join("disk.img");
+        run(Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&template.disk)
+            .arg(&disk))?;
+        let log = dir.join("console.log");
+        vm::new_log(&log)?;
+        eprintln!("{} {scenario}: console log {}", board.name(), log.display());
+        Ok(Device {
+            board,
+            template,
+            dir,
+            disk,
+            log,
+            boots: 0,
+            unhealthy: false,
+        })
+    }
+
+    /// Powers the device on without waiting for anything.
+    pub fn power_on(&mut self) -> Result<Vm> {
+        self.boots += 1;
+        let qemu = self.board.qemu(&self.disk, &self.dir)?;
+        Vm::start(qemu, &self.log, &format!("power-on {}", self.boots))
+    }
+
+    /// Powers on and waits until the guest has booted, run its boot-success service and
+    /// reported its state.
+    pub fn boot(&mut self) -> Result<Boot> {
+        let mut vm = self.power_on()?;
+        let line = vm.expect(rootfs::BOOTED, BOOT_TIMEOUT)?;
+        let _ = line;
+        let rest = vm.expect("\n", Duration::from_secs(10))?;
+        let field = |name: &str| {
+            rest.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .map(str::to_string)
+                .ok_or_else(|| anyhow!("no {name} in {rest:?}"))
+        };
+        let slot = field("slot=")?;
+        let version = field("version=")?;
+        let status = if self.board.guest_runs_abup() {
+            vm.expect(rootfs::STATUS, BOOT_TIMEOUT)?;
+            let json = vm.expect("\n", Duration::from_secs(10))?;
+            serde_json::from_str(json.trim())
+                .with_context(|| format!("abup status --json printed {json:?}"))?
+        } else {
+            Value::Null
+        };
+        vm.expect(rootfs::READY, BOOT_TIMEOUT)?;
+        let mut boot = Boot {
+            vm,
+            slot,
+            version,
+            status,
+        };
+        if !self.board.guest_runs_abup() {
+            // The arm64 guest has no abup: its boot-success service runs here, on the host,
+            // once the guest is down, with the same health check.
+            shutdown(&mut boot.vm)?;
+            if !self.unhealthy {
+                let (out, code) = self.abup(&mut boot, "mark-good booted")?;
+                ensure!(code == 0, "abup mark-good on the host exited {code}: {out}");
+            }
+            boot.status = self.host_status(&boot.slot)?;
+        }
+        Ok(boot)
+    }
+
+    /// Boots, expects `slot`, and shuts down cleanly.
+    pub fn boot_expecting(&mut self, slot: &str, version: &str) -> Result<Value> {
+        let mut boot = self.boot()?;
+        ensure!(
+            boot.slot == slot && boot.version == version,
+            "expected slot {slot} with {version}, booted slot {} with {} (see {})",
+            boot.slot,
+            boot.version,
+            self.log.display()
+        );
+        self.shutdown(&mut boot)?;
+        Ok(boot.status)
+    }
+
+    /// Powers on a slot whose kernel panics: QEMU must end by itself (`panic=` on the
+    /// kernel command line, `-no-reboot`), having printed the panic.
+    pub fn boot_panics(&mut self) -> Result<String> {
+        let mut vm = self.power_on()?;
+        let banner = vm.expect("abup: booting slot ", BOOT_TIMEOUT)?;
+        let _ = banner;
+        let slot = vm.expect("\n", Duration::from_secs(10))?.trim().to_string();
+        vm.expect("Kernel panic", BOOT_TIMEOUT)?;
+        vm.wait_exit(Duration::from_secs(60))?;
+        Ok(slot)
+    }
+
+    /// Starts the host side of abup against this device's disk, with the board
+    /// configuration the guest has, its slots as loop devices over the disk's partitions,
+    /// the U-Boot environment files copied out of the FAT partition (`host_finish` copies
+    /// them back), and `slot` as the booted one. Only the arm64 board needs this: its guest
+    /// cannot run abup.
+    fn host_abup(&self, slot: &str, args: &[&str]) -> Result<HostRun> {
+        let host = self.dir.join("host");
+        fs::create_dir_all(host.join("state"))?;
+        for name in ["uboot.env", "uboot-redund.env"] {
+            image::fat_get(&self.disk, BOOT, &format!("/{name}"), &host.join(name))?;
+        }
+        let loops = [
+            Loop::attach(&self.disk, SLOT_A)?,
+            Loop::attach(&self.disk, SLOT_B)?,
+        ];
+        let path = |p: PathBuf| p.display().to_string();
+        let board = fs::read_to_string(self.board.config_dir().join("board.toml"))?
+            .replace("/etc/fw_env.config", &path(host.join("fw_env.config")))
+            .replace("/dev/nvme0n1p2", &loops[0].device)
+            .replace("/dev/nvme0n1p3", &loops[1].device)
+            .replace("/data/abup", &path(host.join("state")));
+        fs::write(host.join("board.toml"), board)?;
+        fs::write(
+            host.join("fw_env.config"),
+            format!(
+                "{} 0 0x4000\n{} 0 0x4000\n",
+                host.join("uboot.env").display(),
+                host.join("uboot-redund.env").display()
+            ),
+        )?;
+        fs::write(host.join("cmdline"), format!("abup.slot={slot}\n"))?;
+        let mut abup = Command::new(artifacts::abup()?);
+        abup.args(args);
+        if args.first() == Some(&"install") {
+            abup.arg("--keyring")
+                .arg(self.template.dir.path().join("keyring"));
+        }
+        let child = abup
+            .env("ABUP_CONFIG", host.join("board.toml"))
+            .env("ABUP_PROC_CMDLINE", host.join("cmdline"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        Ok(HostRun {
+            child,
+            _loops: loops,
+        })
+    }
+
+    /// Waits for a host-side abup and puts the environment back on the disk.
+    fn host_finish(&self, run: HostRun) -> Result<(String, i32)> {
+        let out = run.child.wait_with_output()?;
+        let host = self.dir.join("host");
+        for name in ["uboot.env", "uboot-redund.env"] {
+            image::fat_put(&self.disk, BOOT, &host.join(name), &format!("/{name}"))?;
+        }
+        Ok((
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            out.status.code().unwrap_or(-1),
+        ))
+    }
+
+    fn host_status(&self, slot: &str) -> Result<Value> {
+        let run = self.host_abup(slot, &["status", "--json"])?;
+        let (out, code) = self.host_finish(run)?;
+        ensure!(code == 0, "abup status on the host exited {code}: {out}");
+        let json = out.lines().find(|l| l.starts_with('{')).unwrap_or("");
+        serde_json::from_str(json).with_context(|| format!("abup status --json printed {out:?}"))
+    }
+
+    /// Runs `abup ARGS` as the device would while `boot` runs: in its guest, or on the host
+    /// for arm64 (after the guest was shut down). Returns output and exit status.
+    pub fn abup(&self, boot: &mut Boot, args: &str) -> Result<(String, i32)> {
+        if self.board.guest_runs_abup() {
+            return boot.vm.shell(&format!("abup {args} 2>&1"), INSTALL_TIMEOUT);
+        }
+        let argv: Vec<&str> = args.split_whitespace().collect();
+        let run = self.host_abup(&boot.slot, &argv)?;
+        self.host_finish(run)
+    }
+
+    /// `abup install --progress json SOURCE`, cut by a power cut once the written bytes pass
+    /// `fraction` of the image (from 1 to 2: that fraction minus 1 of the read-back
+    /// check). Returns the last progress phase seen.
+    pub fn install_cut(&self, boot: &mut Boot, source: &str, fraction: f64) -> Result<String> {
+        let command = format!("install --progress json {source}");
+        // Progress lines are JSON objects with sorted keys.
+        const START: &str = "{\"done\":";
+        if self.board.guest_runs_abup() {
+            boot.vm.send(&format!("abup {command}"))?;
+            loop {
+                boot.vm.expect(START, INSTALL_TIMEOUT)?;
+                let line = format!("{START}{}", boot.vm.expect("\n", Duration::from_secs(30))?);
+                if let Some(phase) = progress_passed(&line, fraction) {
+                    boot.vm.kill();
+                    return Ok(phase);
+                }
+            }
+        }
+        let argv: Vec<&str> = command.split_whitespace().collect();
+        let mut run = self.host_abup(&boot.slot, &argv)?;
+        let stdout = run.child.stdout.take().context("abup stdout")?;
+        let mut last = String::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            if let Some(phase) = progress_passed(&line, fraction) {
+                // A power cut of the host-side install: SIGKILL, nothing flushed by abup.
+                let _ = run.child.kill();
+                last = phase;
+                break;
+            }
+        }
+        self.host_finish(run)?;
+        Ok(last)
+    }
+
+    /// Makes the test health check fail from now on (a flag on the data partition), so the
+    /// boot-success service leaves the slots it boots unconfirmed.
+    pub fn set_unhealthy(&mut self, boot: &mut Boot) -> Result<()> {
+        if self.board.guest_runs_abup() {
+            boot.vm.shell_ok(
+                &format!("touch {}", rootfs::UNHEALTHY),
+                Duration::from_secs(30),
+            )?;
+        }
+        self.unhealthy = true;
+        Ok(())
+    }
+
+    /// `abup status --json` as the running system sees it.
+    pub fn status(&self, boot: &mut Boot) -> Result<Value> {
+        if self.board.guest_runs_abup() {
+            let out = boot
+                .vm
+                .shell_ok("abup status --json", Duration::from_secs(60))?;
+            let json = out.lines().find(|l| l.starts_with('{')).unwrap_or("");
+            return serde_json::from_str(json)
+                .with_context(|| format!("abup status --json printed {out:?}"));
+        }
+        self.host_status(&boot.slot)
+    }
+
+    /// Where a bundle of the data partition is, for the abup that installs it.
+    pub fn bundle(&self, guest_path: &str) -> String {
+        if self.board.guest_runs_abup() {
+            return guest_path.to_string();
+        }
+        let rel = guest_path.trim_start_matches("/data/");
+        self.template
+            .dir
+            .path()
+            .join("data")
+            .join(rel)
+            .display()
+            .to_string()
+    }
+
+    /// Ends a boot the way a clean reboot does.
+    pub fn shutdown(&self, boot: &mut Boot) -> Result<()> {
+        if boot.vm.running() {
+            shutdown(&mut boot.vm)?;
+        }
+        Ok(())
+    }
+}
+
+/// Ends a boot the way a clean reboot does; QEMU exits (`-no-reboot`).
+pub fn shutdown(vm: &mut Vm) -> Result<()> {
+    vm.send("sync; reboot -f")?;
+    vm.wait_exit(Duration::from_secs(60))
+}
+
+/// The phase of a `--progress json` line if it is past `fraction` of the write (or in a
+/// phase after the write).
+fn progress_passed(line: &str, fraction: f64) -> Option<String> {
+    let v: Value = serde_json::from_str(line.trim()).ok()?;
+    let phase = v["phase"].as_str()?.to_string();
+    let passed = match phase.as_str() {
+        // Fractions up to 1 cut the write, from 1 to 2 the read-back check.
+        "write" | "check" => {
+            let total = v["total"].as_f64().filter(|t| *t > 0.0)?;
+            let done = v["done"].as_f64()? / total;
+            if phase == "write" {
+                fraction <= 1.0 && done >= fraction
+            } else {
+                done >= fraction - 1.0
+            }
+        }
+        "hook" | "activate" => true,
+        _ => false,
+    };
+    passed.then_some(phase)
+}
+
+/// A host-side abup command and the loop devices it runs on, detached when it ends.
+#[derive(Debug)]
+struct HostRun {
+    child: Child,
+    _loops: [Loop; 2],
+}
+
+/// A loop device over one partition of a disk image.
+#[derive(Debug)]
+struct Loop {
+    device: String,
+}
+
+impl Loop {
+    fn attach(disk: &Path, part: usize) -> Result<Loop> {
+        let (offset, size) = image::part_range(part);
+        let out = Command::new("losetup")
+            .args(["--find", "--show", "--direct-io=on"])
+            .arg(format!("--offset={offset}"))
+            .arg(format!("--sizelimit={size}"))
+            .arg(disk)
+            .output()?;
+        if !out.status.success() {
+            bail!("losetup: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(Loop {
+            device: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        })
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
+    }
+}

@@ -1,0 +1,246 @@
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test
+//! Every scenario on every QEMU board: real firmware and bootloaders boot Debian's kernel from
+//! both slots while abup updates, confirms, falls back and survives power cuts.
+//!
+//! Each power-on is its own QEMU run; the console of a scenario goes to
+//! `target/qemu-tests/<board>-<scenario>/console.log`. Run one scenario alone with
+//! `cargo test -p qemu-tests --test boot grub_bios::update -- --exact` and watch it with
+//! `tail -f` on that log. Random cut points come from `ABUP_QEMU_SEED` (printed when unset).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{ensure, Result};
+use qemu_tests::board::{Board, TRIES};
+use qemu_tests::device::{Boot, Device, BUNDLE_PANIC, BUNDLE_V2};
+use serde_json::Value;
+
+/// A small deterministic generator, so a failing cut point can be replayed from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn new(scenario: &str) -> Rng {
+        let seed = std::env::var("ABUP_QEMU_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        eprintln!("{scenario}: ABUP_QEMU_SEED={seed}");
+        Rng(seed | 1)
+    }
+
+    /// A number in `lo..hi`.
+    fn range(&mut self, lo: f64, hi: f64) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        lo + (hi - lo) * (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn slot<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["slots"]
+        .as_array()
+        .and_then(|slots| slots.iter().find(|s| s["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+/// What `abup status --json` must say about the running system.
+fn check_status(status: &Value, booted: &str, next: &str) -> Result<()> {
+    ensure!(
+        status["booted"] == booted && status["next_boot"] == next,
+        "abup status: expected booted {booted}, next boot {next}; got {status}"
+    );
+    Ok(())
+}
+
+fn install(dev: &Device, boot: &mut Boot, bundle: &str) -> Result<()> {
+    let (out, code) = dev.abup(
+        boot,
+        &format!("install --progress none {}", dev.bundle(bundle)),
+    )?;
+    ensure!(code == 0, "abup install exited {code}:\n{out}");
+    Ok(())
+}
+
+/// First boot of A; an update into B installed by abup on the device; B boots, its
+/// boot-success service confirms it, it stays across reboots; `mark-active other` goes back.
+fn update(board: Board) -> Result<()> {
+    let mut dev = Device::new(board, "update")?;
+    let mut boot = dev.boot()?;
+    ensure!(
+        boot.slot == "A" && boot.version == "1.0",
+        "factory boot: {boot:?}"
+    );
+    check_status(&boot.status, "A", "A")?;
+    ensure!(
+        slot(&boot.status, "A")["confirmed"] == true,
+        "{}",
+        boot.status
+    );
+
+    install(&dev, &mut boot, BUNDLE_V2)?;
+    let status = dev.status(&mut boot)?;
+    check_status(&status, "A", "B")?;
+    ensure!(status["last_install"]["outcome"] == "success", "{status}");
+    ensure!(slot(&status, "B")["tries_left"] == TRIES, "{status}");
+    dev.shutdown(&mut boot)?;
+
+    let status = dev.boot_expecting("B", "2.0")?;
+    check_status(&status, "B", "B")?;
+    let b = slot(&status, "B");
+    ensure!(
+        b["confirmed"] == true,
+        "the service did not confirm B: {status}"
+    );
+    ensure!(b["bundle"]["version"] == "2.0", "{status}");
+    ensure!(
+        slot(&status, "A")["good"] == true,
+        "A must stay a fallback: {status}"
+    );
+
+    let status = dev.boot_expecting("B", "2.0")?;
+    ensure!(
+        slot(&status, "B")["tries_left"] == TRIES,
+        "B stays, tries restored: {status}"
+    );
+
+    let mut boot = dev.boot()?;
+    let (out, code) = dev.abup(&mut boot, "mark-active other")?;
+    ensure!(code == 0, "mark-active other exited {code}: {out}");
+    check_status(&dev.status(&mut boot)?, "B", "A")?;
+    dev.shutdown(&mut boot)?;
+    let status = dev.boot_expecting("A", "1.0")?;
+    check_status(&status, "A", "A")?;
+    Ok(())
+}
+
+/// An update whose health check fails is booted `TRIES` times and then the bootloader
+/// returns to A by itself.
+fn unconfirmed(board: Board) -> Result<()> {
+    let mut dev = Device::new(board, "unconfirmed")?;
+    let mut boot = dev.boot()?;
+    install(&dev, &mut boot, BUNDLE_V2)?;
+    dev.set_unhealthy(&mut boot)?;
+    dev.shutdown(&mut boot)?;
+    for left in (0..TRIES).rev() {
+        let status = dev.boot_expecting("B", "2.0")?;
+        let b = slot(&status, "B");
+        ensure!(
+            b["confirmed"] == false && b["tries_left"] == left,
+            "B unconfirmed with {left} tries left expected: {status}"
+        );
+    }
+    let status = dev.boot_expecting("A", "1.0")?;
+    check_status(&status, "A", "A")?;
+    ensure!(slot(&status, "B")["good"] == false, "{status}");
+    Ok(())
+}
+
+/// An update whose kernel panics (no init) falls back to A once its tries are used.
+fn panic(board: Board) -> Result<()> {
+    let mut dev = Device::new(board, "panic")?;
+    let mut boot = dev.boot()?;
+    install(&dev, &mut boot, BUNDLE_PANIC)?;
+    dev.shutdown(&mut boot)?;
+    for _ in 0..TRIES {
+        let slot = dev.boot_panics()?;
+        ensure!(slot == "B", "the panicking slot B should boot, not {slot}");
+    }
+    let status = dev.boot_expecting("A", "1.0")?;
+    check_status(&status, "A", "A")?;
+    ensure!(slot(&status, "B")["good"] == false, "{status}");
+    Ok(())
+}
+
+/// Power cuts (QEMU killed) during the write and during the read-back check of an install;
+/// after each the device boots A, and the same install then resumes and completes.
+fn install_cut(board: Board) -> Result<()> {
+    let mut rng = Rng::new(&format!("{} install-cut", board.name()));
+    let mut dev = Device::new(board, "install-cut")?;
+    for fraction in [rng.range(0.05, 0.95), rng.range(1.05, 1.95)] {
+        let mut boot = dev.boot()?;
+        ensure!(boot.slot == "A", "after a cut: {boot:?}");
+        let phase = dev.install_cut(&mut boot, &dev.bundle(BUNDLE_V2), fraction)?;
+        eprintln!("{}: power cut at {fraction:.2} ({phase})", board.name());
+    }
+    let mut boot = dev.boot()?;
+    ensure!(
+        boot.slot == "A" && boot.version == "1.0",
+        "after the cuts: {boot:?}"
+    );
+    check_status(&boot.status, "A", "A")?;
+    let (out, code) = dev.abup(
+        &mut boot,
+        &format!("install --progress none {}", dev.bundle(BUNDLE_V2)),
+    )?;
+    ensure!(code == 0, "the resumed install exited {code}:\n{out}");
+    ensure!(
+        out.contains("(resumed)"),
+        "the install did not resume:\n{out}"
+    );
+    dev.shutdown(&mut boot)?;
+    let status = dev.boot_expecting("B", "2.0")?;
+    ensure!(slot(&status, "B")["confirmed"] == true, "{status}");
+    Ok(())
+}
+
+/// Power cuts while the bootloader saves its counted try; every next boot lands on a good
+/// slot, and the update still completes (or, if the cuts used up B's tries, installs again).
+fn env_save_cut(board: Board) -> Result<()> {
+    let mut rng = Rng::new(&format!("{} env-save-cut", board.name()));
+    let mut dev = Device::new(board, "env-save-cut")?;
+    let mut boot = dev.boot()?;
+    install(&dev, &mut boot, BUNDLE_V2)?;
+    dev.shutdown(&mut boot)?;
+    for _ in 0..3 {
+        let mut vm = dev.power_on()?;
+        vm.expect(board.env_save_marker(), qemu_tests::device::BOOT_TIMEOUT)?;
+        std::thread::sleep(Duration::from_millis(rng.range(0.0, 400.0) as u64));
+        vm.kill();
+    }
+    let mut boot = dev.boot()?;
+    let expected = if boot.slot == "A" { "1.0" } else { "2.0" };
+    ensure!(
+        boot.version == expected,
+        "slot {} runs {} after the cuts",
+        boot.slot,
+        boot.version
+    );
+    eprintln!("{}: after the cuts slot {} booted", board.name(), boot.slot);
+    if boot.slot == "A" {
+        install(&dev, &mut boot, BUNDLE_V2)?;
+    }
+    dev.shutdown(&mut boot)?;
+    let status = dev.boot_expecting("B", "2.0")?;
+    ensure!(slot(&status, "B")["confirmed"] == true, "{status}");
+    Ok(())
+}
+
+macro_rules! board_tests {
+    ($($module:ident => $board:expr),* $(,)?) => {$(
+        mod $module {
+            use super::*;
+            #[test]
+            fn update() -> Result<()> { super::update($board) }
+            #[test]
+            fn unconfirmed() -> Result<()> { super::unconfirmed($board) }
+            #[test]
+            fn panic() -> Result<()> { super::panic($board) }
+            #[test]
+            fn install_cut() -> Result<()> { super::install_cut($board) }
+            #[test]
+            fn env_save_cut() -> Result<()> { super::env_save_cut($board) }
+        }
+    )*};
+}
+
+board_tests! {
+    grub_bios => Board::GrubBios,
+    grub_uefi => Board::GrubUefi,
+    uboot_x86 => Board::UbootX86,
+    uboot_arm64 => Board::UbootArm64,
+}
