@@ -5,15 +5,26 @@
 //! ([`bootenv`], [`provision`]) and the slot state it holds ([`slotstate`]), and the commands that tie them together ([`commands`]).
 
 pub mod board;
+#[cfg(feature = "device")]
 pub mod booted;
+#[cfg(feature = "device")]
 pub mod bootenv;
 pub mod bundle;
+#[cfg(feature = "device")]
 pub mod bundle_cmd;
+#[cfg(feature = "device")]
 pub mod cli;
+#[cfg(feature = "device")]
 pub mod commands;
+#[cfg(feature = "device")]
 pub mod failpoint;
+#[cfg(feature = "device")]
 pub mod install;
+#[cfg(feature = "device")]
 pub mod provision;
+#[cfg(feature = "device")]
 pub mod slotstate;
+#[cfg(feature = "device")]
 pub mod source;
+#[cfg(feature = "device")]
 pub mod statefile;
