@@ -10,7 +10,7 @@ else
   abup_label=rootfs-a
 fi
 echo "abup: booting slot ${abup_slot}"
-setenv bootargs "console=ttyS0,115200 root=PARTLABEL=${abup_label} rootwait ro panic=1 abup.slot=${abup_slot}"
+setenv bootargs "console=ttyS0,115200 root=PARTLABEL=${abup_label} rootwait ro quiet panic=1 abup.slot=${abup_slot}"
 # A slot without a loadable kernel resets, so the try it used counts.
 if load nvme 0:${abup_part} ${kernel_addr_r} /boot/vmlinuz; then
   zboot ${kernel_addr_r} ${filesize}
