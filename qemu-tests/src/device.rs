@@ -297,8 +297,7 @@ impl Device {
     /// reported its state.
     pub fn boot(&mut self) -> Result<Boot> {
         let mut vm = self.power_on()?;
-        let line = vm.expect(rootfs::BOOTED, BOOT_TIMEOUT)?;
-        let _ = line;
+        vm.expect(rootfs::BOOTED, BOOT_TIMEOUT)?;
         let rest = vm.expect("\n", Duration::from_secs(10))?;
         let field = |name: &str| {
             rest.split_whitespace()
@@ -354,8 +353,7 @@ impl Device {
     /// kernel command line, `-no-reboot`), having printed the panic.
     pub fn boot_panics(&mut self) -> Result<String> {
         let mut vm = self.power_on()?;
-        let banner = vm.expect("abup: booting slot ", BOOT_TIMEOUT)?;
-        let _ = banner;
+        vm.expect("abup: booting slot ", BOOT_TIMEOUT)?;
         let slot = vm.expect("\n", Duration::from_secs(10))?.trim().to_string();
         vm.expect("Kernel panic", BOOT_TIMEOUT)?;
         vm.wait_exit(Duration::from_secs(60))?;

@@ -108,16 +108,6 @@ pub fn write_part(disk: &Path, number: usize, image: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Reads partition `number` of `disk` back as a file, for host-side inspection.
-pub fn read_part(disk: &Path, number: usize, out: &Path) -> Result<()> {
-    let (start, size) = part_range(number);
-    let mut src = File::open(disk)?;
-    src.seek(SeekFrom::Start(start))?;
-    let mut dst = File::create(out)?;
-    std::io::copy(&mut src.take(size), &mut dst)?;
-    Ok(())
-}
-
 /// An ext4 file system of `size_mib` holding the tree `dir`.
 pub fn ext4(dir: &Path, image: &Path, size_mib: u64) -> Result<()> {
     let _ = fs::remove_file(image);
