@@ -12,26 +12,13 @@ use abup::bundle::{
     PublicKey, SecretKey, HEADER_LEN, MIN_CHUNK_SIZE, SIGNATURE_LEN,
 };
 
-fn have(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        eprintln!("skipping: {tool} is not installed (.ci/run installs it)");
-    }
-    found
-}
+mod common;
 
-/// Runs a command, requires success, returns stdout.
+use common::have;
+
+/// Runs `args[0]` with the rest, requires success, returns stdout.
 fn run(args: &[&str]) -> Vec<u8> {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    common::run_bytes(args[0], &args[1..])
 }
 
 fn s(p: &Path) -> &str {

@@ -64,19 +64,7 @@ impl Fixture {
             ),
         )
         .unwrap();
-        abup(&[
-            "env",
-            "--grub",
-            t.path("boot/abupenv.0").to_str().unwrap(),
-            "--grub",
-            t.path("boot/abupenv.1").to_str().unwrap(),
-            "create",
-            "BOOT_ORDER=A B",
-            "BOOT_A_LEFT=3",
-            "BOOT_B_LEFT=0",
-            "BOOT_GOOD=A",
-        ])
-        .success();
+        super::factory_env(&t.path("boot/abupenv.0"), &t.path("boot/abupenv.1"));
         let key = t.path("signing.pem");
         abup(&[
             "keygen",

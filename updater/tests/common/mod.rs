@@ -52,6 +52,11 @@ pub fn abup_with(args: &[&str], env: &[(&str, &OsStr)]) -> Output {
 
 /// Runs a tool that must succeed and returns its stdout.
 pub fn run_ok(tool: &str, args: &[&str]) -> String {
+    String::from_utf8_lossy(&run_bytes(tool, args)).into_owned()
+}
+
+/// Runs a tool that must succeed and returns its stdout as bytes (keys, decoded data).
+pub fn run_bytes(tool: &str, args: &[&str]) -> Vec<u8> {
     let out = Command::new(tool)
         .args(args)
         .output()
@@ -61,7 +66,7 @@ pub fn run_ok(tool: &str, args: &[&str]) -> String {
         "{tool} {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    out.stdout
 }
 
 /// Whether a tool is installed; tests that need one say so when it is not (CI installs all).
@@ -111,6 +116,12 @@ pub fn board_file(t: &Tmp, kind: &str) -> PathBuf {
         ),
     )
     .unwrap();
+    factory_env(&e0, &e1);
+    board
+}
+
+/// Creates the GRUB pair `e0`/`e1` in the factory state: A first, confirmed, 3 tries.
+pub fn factory_env(e0: &Path, e1: &Path) {
     abup(&[
         "env",
         "--grub",
@@ -124,5 +135,4 @@ pub fn board_file(t: &Tmp, kind: &str) -> PathBuf {
         "BOOT_GOOD=A",
     ])
     .success();
-    board
 }
