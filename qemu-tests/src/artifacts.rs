@@ -199,10 +199,16 @@ pub fn guest_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
 /// keeps the build keyed by its inputs. Returns the directory holding `u-boot.bin` (arm64) or
 /// `u-boot.rom` (x86) and `u-boot-initial-env`.
 pub fn u_boot(arch: Arch) -> Result<PathBuf> {
-    let name = match arch {
-        Arch::X86_64 => "x86",
-        Arch::Arm64 => "arm64",
+    // Asked for at every power-on; the script (which hashes its inputs) runs once per arch.
+    static BUILT: Mutex<[Option<PathBuf>; 2]> = Mutex::new([None, None]);
+    let mut built = BUILT.lock().map_err(|_| anyhow!("U-Boot lock poisoned"))?;
+    let (index, name) = match arch {
+        Arch::X86_64 => (0, "x86"),
+        Arch::Arm64 => (1, "arm64"),
     };
+    if let Some(dir) = &built[index] {
+        return Ok(dir.clone());
+    }
     let script = workspace().join("qemu-tests/u-boot/build");
     let out = Command::new(&script)
         .arg(name)
@@ -221,5 +227,7 @@ pub fn u_boot(arch: Arch) -> Result<PathBuf> {
         .lines()
         .last()
         .context("the U-Boot build printed no directory")?;
-    Ok(PathBuf::from(dir.trim()))
+    let dir = PathBuf::from(dir.trim());
+    built[index] = Some(dir.clone());
+    Ok(dir)
 }

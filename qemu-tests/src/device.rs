@@ -194,15 +194,7 @@ fn build_template(board: Board) -> Result<Template> {
         for name in ["uboot.env", "uboot-redund.env"] {
             fs::File::create(boot.join(name))?.set_len(0x4000)?;
         }
-        let config = d.join("fw_env.config");
-        fs::write(
-            &config,
-            format!(
-                "{} 0 0x4000\n{} 0 0x4000\n",
-                boot.join("uboot.env").display(),
-                boot.join("uboot-redund.env").display()
-            ),
-        )?;
+        let config = fw_env_config(&boot)?;
         run(Command::new(&abup)
             .arg("env")
             .arg("--uboot-config")
@@ -382,14 +374,7 @@ impl Device {
             .replace("/dev/nvme0n1p3", &loops[1].device)
             .replace("/data/abup", &path(host.join("state")));
         fs::write(host.join("board.toml"), board)?;
-        fs::write(
-            host.join("fw_env.config"),
-            format!(
-                "{} 0 0x4000\n{} 0 0x4000\n",
-                host.join("uboot.env").display(),
-                host.join("uboot-redund.env").display()
-            ),
-        )?;
+        fw_env_config(&host)?;
         fs::write(host.join("cmdline"), format!("abup.slot={slot}\n"))?;
         let mut abup = Command::new(artifacts::abup()?);
         abup.args(args);
@@ -528,6 +513,21 @@ impl Device {
         }
         Ok(())
     }
+}
+
+/// Writes `dir/fw_env.config` for the redundant environment files `uboot.env` and
+/// `uboot-redund.env` in `dir` (the U-Boot builds' CONFIG_ENV_SIZE) and returns its path.
+fn fw_env_config(dir: &Path) -> Result<PathBuf> {
+    let config = dir.join("fw_env.config");
+    fs::write(
+        &config,
+        format!(
+            "{} 0 0x4000\n{} 0 0x4000\n",
+            dir.join("uboot.env").display(),
+            dir.join("uboot-redund.env").display()
+        ),
+    )?;
+    Ok(config)
 }
 
 /// Ends a boot the way a clean reboot does; QEMU exits (`-no-reboot`).
