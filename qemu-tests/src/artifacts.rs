@@ -156,7 +156,7 @@ pub fn busybox(arch: Arch) -> Result<PathBuf> {
 }
 
 /// The workspace's abup, as `cargo test` builds it. The host runs it as it is; the guests
-/// get it without debug information, with the shared libraries it needs from the host's
+/// get it stripped, with the shared libraries it needs from the host's
 /// Debian packages (see `guest_libraries`).
 pub fn abup() -> Result<PathBuf> {
     static BUILT: Mutex<bool> = Mutex::new(false);
