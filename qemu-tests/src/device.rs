@@ -14,13 +14,14 @@ use serde_json::Value;
 
 use crate::artifacts::{self, Arch};
 use crate::board::Board;
-use crate::rootfs::{self, SlotImage};
+use crate::rootfs::{self, Defect, SlotImage};
 use crate::vm::{self, Vm};
 use crate::{image, run};
 
 /// The bundles on every device's data partition, as the guest sees them.
 pub const BUNDLE_V2: &str = "/data/bundles/v2.abup";
 pub const BUNDLE_PANIC: &str = "/data/bundles/panic.abup";
+pub const BUNDLE_NO_KERNEL: &str = "/data/bundles/no-kernel.abup";
 
 /// Partition numbers of `image::LAYOUT`.
 const BOOT: usize = 1;
@@ -82,18 +83,31 @@ fn build_template(board: Board) -> Result<Template> {
     fs::create_dir_all(&images)?;
     let v1 = rootfs::image_path(&images, "1.0");
     let v2 = rootfs::image_path(&images, "2.0");
-    let broken = rootfs::image_path(&images, "2.0-panic");
-    let slot = |version, bootable| SlotImage { version, bootable };
-    rootfs::build(board, slot("1.0", true), &public, &v1)?;
-    rootfs::build(board, slot("2.0", true), &public, &v2)?;
-    rootfs::build(board, slot("2.0-panic", false), &public, &broken)?;
+    let panics = rootfs::image_path(&images, "2.0-panic");
+    let no_kernel = rootfs::image_path(&images, "2.0-no-kernel");
+    let slot = |version, defect| SlotImage { version, defect };
+    rootfs::build(board, slot("1.0", None), &public, &v1)?;
+    rootfs::build(board, slot("2.0", None), &public, &v2)?;
+    rootfs::build(
+        board,
+        slot("2.0-panic", Some(Defect::NoInit)),
+        &public,
+        &panics,
+    )?;
+    rootfs::build(
+        board,
+        slot("2.0-no-kernel", Some(Defect::NoKernel)),
+        &public,
+        &no_kernel,
+    )?;
 
     // The data partition: the bundles the scenarios install.
     let data = d.join("data");
     fs::create_dir_all(data.join("bundles"))?;
     for (image, version, name) in [
         (&v2, "2.0", "v2.abup"),
-        (&broken, "2.0-panic", "panic.abup"),
+        (&panics, "2.0-panic", "panic.abup"),
+        (&no_kernel, "2.0-no-kernel", "no-kernel.abup"),
     ] {
         run(Command::new(&abup)
             .args(["bundle", "create", "--key"])
@@ -341,13 +355,14 @@ impl Device {
         Ok(boot.status)
     }
 
-    /// Powers on a slot whose kernel panics: QEMU must end by itself (`panic=` on the
-    /// kernel command line, `-no-reboot`), having printed the panic.
-    pub fn boot_panics(&mut self) -> Result<String> {
+    /// Powers on a slot with `defect`: QEMU must end by itself (`panic=` on the kernel
+    /// command line, the boot script's reset when there is no kernel, `-no-reboot`), having
+    /// shown that failure. Returns the slot the bootloader chose.
+    pub fn boot_fails(&mut self, defect: Defect) -> Result<String> {
         let mut vm = self.power_on()?;
         vm.expect("abup: booting slot ", BOOT_TIMEOUT)?;
         let slot = vm.expect("\n", Duration::from_secs(10))?.trim().to_string();
-        vm.expect("Kernel panic", BOOT_TIMEOUT)?;
+        vm.expect(defect.console(), BOOT_TIMEOUT)?;
         vm.wait_exit(Duration::from_secs(60))?;
         Ok(slot)
     }

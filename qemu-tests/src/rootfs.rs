@@ -21,8 +21,28 @@ pub const SLOT_FS_MIB: u64 = 40;
 pub struct SlotImage<'a> {
     /// Printed at boot as `version=`; tells the tests which image is running.
     pub version: &'a str,
-    /// Without any init (no busybox applets) the kernel panics: the tests' broken update.
-    pub bootable: bool,
+    /// What is broken in it, for the updates that must fall back.
+    pub defect: Option<Defect>,
+}
+
+/// The ways the tests' broken updates fail to boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Defect {
+    /// No init (no busybox applets): the kernel panics.
+    NoInit,
+    /// No `/boot/vmlinuz`: the bootloader cannot load a kernel and resets.
+    NoKernel,
+}
+
+impl Defect {
+    /// What the console shows when a slot with this defect fails.
+    pub fn console(self) -> &'static str {
+        match self {
+            Defect::NoInit => "Kernel panic",
+            // The board scripts' message (board-configs/qemu-*/grub.cfg, boot.cmd).
+            Defect::NoKernel => "has no usable kernel",
+        }
+    }
 }
 
 /// Lines the guest prints, for the tests to wait on.
@@ -74,7 +94,7 @@ pub fn build(board: Board, slot: SlotImage<'_>, keyring: &Path, out: &Path) -> R
         if applet.ends_with("/busybox") || link.exists() {
             continue;
         }
-        if !slot.bootable {
+        if slot.defect == Some(Defect::NoInit) {
             // No /sbin/init and no /bin/sh, the kernel's last resort: it panics.
             break;
         }
@@ -85,7 +105,9 @@ pub fn build(board: Board, slot: SlotImage<'_>, keyring: &Path, out: &Path) -> R
     }
 
     let kernel = artifacts::kernel(board.arch())?;
-    fs::copy(&kernel.image, root.join("boot/vmlinuz"))?;
+    if slot.defect != Some(Defect::NoKernel) {
+        fs::copy(&kernel.image, root.join("boot/vmlinuz"))?;
+    }
     let release = kernel
         .modules
         .file_name()

@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{ensure, Result};
 use qemu_tests::board::{Board, TRIES};
-use qemu_tests::device::{Boot, Device, BUNDLE_PANIC, BUNDLE_V2};
+use qemu_tests::device::{Boot, Device, BUNDLE_NO_KERNEL, BUNDLE_PANIC, BUNDLE_V2};
+use qemu_tests::rootfs::Defect;
 use serde_json::Value;
 
 /// A small deterministic generator, so a failing cut point can be replayed from its seed.
@@ -151,24 +152,33 @@ fn update(board: Board) -> Result<()> {
     Ok(())
 }
 
-/// Updates that must not stick: one whose kernel panics (no init) and one whose health check
-/// fails. Each boots `TRIES` times, then the bootloader returns to A by itself.
+/// Updates that must not stick: one whose kernel panics (no init), one without a kernel for
+/// the bootloader to load, and one whose health check fails. Each boots `TRIES` times, then
+/// the bootloader returns to A by itself.
 fn fallback(board: Board) -> Result<()> {
     let mut dev = Device::new(board, "fallback")?;
     let mut boot = dev.boot()?;
-    install(&dev, &mut boot, BUNDLE_PANIC)?;
-    dev.shutdown(&mut boot)?;
-    for _ in 0..TRIES {
-        let slot = dev.boot_panics()?;
-        ensure!(slot == "B", "the panicking slot B should boot, not {slot}");
+    for (bundle, defect) in [
+        (BUNDLE_PANIC, Defect::NoInit),
+        (BUNDLE_NO_KERNEL, Defect::NoKernel),
+    ] {
+        install(&dev, &mut boot, bundle)?;
+        dev.shutdown(&mut boot)?;
+        for _ in 0..TRIES {
+            let slot = dev.boot_fails(defect)?;
+            ensure!(
+                slot == "B",
+                "the broken slot B ({defect:?}) should boot, not {slot}"
+            );
+        }
+        boot = dev.boot()?;
+        ensure!(
+            boot.slot == "A" && boot.version == "1.0",
+            "after B failed ({defect:?}): {boot:?}"
+        );
+        check_status(&boot.status, "A", "A")?;
+        ensure!(slot(&boot.status, "B")["good"] == false, "{}", boot.status);
     }
-    let mut boot = dev.boot()?;
-    ensure!(
-        boot.slot == "A" && boot.version == "1.0",
-        "after the panics: {boot:?}"
-    );
-    check_status(&boot.status, "A", "A")?;
-    ensure!(slot(&boot.status, "B")["good"] == false, "{}", boot.status);
 
     install(&dev, &mut boot, BUNDLE_V2)?;
     dev.set_unhealthy(&mut boot)?;
