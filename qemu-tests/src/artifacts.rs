@@ -84,7 +84,13 @@ pub fn debian_package(package: &str) -> Result<PathBuf> {
         if download().is_err() {
             // A fresh machine (or a new foreign architecture) has no package lists yet.
             run(Command::new("apt-get").args(["update", "-q"]))?;
-            download()?;
+            download().with_context(|| match package.split_once(':') {
+                Some((_, arch)) => format!(
+                    "fetching {package}: apt needs {arch}'s package lists; \
+                     run scripts/install-deps (it adds the architecture with dpkg)"
+                ),
+                None => format!("fetching {package}"),
+            })?;
         }
         let deb = fs::read_dir(&work)?
             .filter_map(|e| e.ok().map(|e| e.path()))
