@@ -82,14 +82,10 @@ pub fn debian_package(package: &str) -> Result<PathBuf> {
                 .current_dir(&work))
         };
         if download().is_err() {
-            // A fresh machine (or a new foreign architecture) has no package lists yet.
+            // The package lists may be missing or name versions the mirror no longer has.
             run(Command::new("apt-get").args(["update", "-q"]))?;
-            download().with_context(|| match package.split_once(':') {
-                Some((_, arch)) => format!(
-                    "fetching {package}: apt needs {arch}'s package lists; \
-                     run scripts/install-deps (it adds the architecture with dpkg)"
-                ),
-                None => format!("fetching {package}"),
+            download().with_context(|| {
+                format!("fetching {package}: run scripts/install-deps, which sets apt up for it")
             })?;
         }
         let deb = fs::read_dir(&work)?
