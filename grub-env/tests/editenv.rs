@@ -1,29 +1,21 @@
 //! Live cross-checks against the installed `grub-editenv` in both directions, and a property
 //! test that runs random edits through both and demands identical files after every step.
-//! Skipped, with a message, only where grub-editenv is not installed.
+//! Skipped, with a message, only where grub-editenv is not installed, and never in CI.
 
 // Test helpers panic on purpose: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
+
+mod common;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::Command;
 
+use common::have;
 use grub_env::{Change, EnvBlock, Error, SIGNATURE};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-
-fn have_grub_editenv() -> bool {
-    let found = Command::new("grub-editenv")
-        .arg("--version")
-        .output()
-        .is_ok_and(|out| out.status.success());
-    if !found {
-        eprintln!("SKIPPED: grub-editenv is not installed (apt install grub-common)");
-    }
-    found
-}
 
 /// Runs `grub-editenv FILE args...`; returns whether it succeeded. Its only failure here is a
 /// refusal, which it reports with exit code 1.
@@ -74,7 +66,7 @@ fn handmade(body: &[u8], size: usize) -> Vec<u8> {
 
 #[test]
 fn grub_editenv_reads_what_we_write() {
-    if !have_grub_editenv() {
+    if !have("grub-editenv") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -102,7 +94,7 @@ fn grub_editenv_reads_what_we_write() {
 
 #[test]
 fn we_read_what_grub_editenv_writes() {
-    if !have_grub_editenv() {
+    if !have("grub-editenv") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -128,7 +120,7 @@ fn we_read_what_grub_editenv_writes() {
 
 #[test]
 fn overflow_and_damage_are_refused_like_grub_editenv() {
-    if !have_grub_editenv() {
+    if !have("grub-editenv") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -303,7 +295,7 @@ fn run_case(dir: &Path, size: usize, lines: &[Vec<u8>], ops: &[Op]) -> Result<()
 
 #[test]
 fn random_edits_give_the_same_bytes_as_grub_editenv() {
-    if !have_grub_editenv() {
+    if !have("grub-editenv") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -10,9 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use proptest::prelude::*;
+use proptest::test_runner::{TestCaseError, TestRunner};
 use u_boot_env::{Config, Error, MAX_ENV_SIZE};
 
-/// Builds the oracle once per test binary; `None` (test skipped) without a C compiler.
+/// Builds the oracle once per test binary; `None` (test skipped) without a C compiler. Called
+/// before the property runs, so that in CI the missing compiler fails the test once instead of
+/// failing every case proptest would shrink to.
 fn oracle() -> Option<&'static Path> {
     static ORACLE: std::sync::OnceLock<Option<(tempfile::TempDir, PathBuf)>> =
         std::sync::OnceLock::new();
@@ -29,7 +32,9 @@ fn oracle() -> Option<&'static Path> {
         .map(|(_, exe)| exe.as_path())
 }
 
-fn ask(oracle: &Path, mode: &str, lines: &[String]) -> Vec<String> {
+/// One answer per line, in order; an oracle that answers fewer (or none) fails the test rather
+/// than leaving the unanswered lines unchecked.
+fn ask(oracle: &Path, mode: &str, lines: &[String]) -> Result<Vec<String>, TestCaseError> {
     let mut child = Command::new(oracle)
         .arg(mode)
         .stdin(Stdio::piped())
@@ -43,11 +48,20 @@ fn ask(oracle: &Path, mode: &str, lines: &[String]) -> Vec<String> {
     drop(input);
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success());
-    String::from_utf8(output.stdout)
+    let answers: Vec<String> = String::from_utf8(output.stdout)
         .unwrap()
         .lines()
         .map(str::to_string)
-        .collect()
+        .collect();
+    prop_assert_eq!(
+        answers.len(),
+        lines.len(),
+        "the {} oracle answered {} of {} lines",
+        mode,
+        answers.len(),
+        lines.len()
+    );
+    Ok(answers)
 }
 
 /// Numbers in every notation C accepts, plus junk C stops at.
@@ -79,52 +93,89 @@ fn fw_env_line() -> impl Strategy<Value = String> {
         })
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(6))]
+fn runner() -> TestRunner {
+    TestRunner::new(ProptestConfig::with_cases(6))
+}
 
-    #[test]
-    fn fw_env_config_lines_read_as_glibc_sscanf_reads_them(lines in prop::collection::vec(fw_env_line(), 400)) {
-        let Some(oracle) = oracle() else { return Ok(()) };
-        let answers = ask(oracle, "fw_env", &lines);
-        prop_assert_eq!(answers.len(), lines.len());
-        let mut kinds = [0usize; 3];
-        for (line, answer) in lines.iter().zip(&answers) {
-            let f: Vec<&str> = answer.split(' ').collect();
-            let ret: i32 = f[0].parse().unwrap();
-            let offset: i64 = f[2].parse().unwrap();
-            let size: u64 = f[3].parse().unwrap();
-            let parsed = Config::parse(line, None);
-            kinds[usize::from(ret >= 3) + usize::from((6..=MAX_ENV_SIZE as u64).contains(&size) && ret >= 3)] += 1;
-            if ret < 3 {
-                prop_assert!(matches!(parsed, Err(Error::ConfigEmpty)), "{:?}: C matched {} fields, abup {:?}", line, ret, parsed);
-                continue;
+#[test]
+fn fw_env_config_lines_read_as_glibc_sscanf_reads_them() {
+    let Some(oracle) = oracle() else { return };
+    let lines = prop::collection::vec(fw_env_line(), 400);
+    runner()
+        .run(&lines, |lines| {
+            let answers = ask(oracle, "fw_env", &lines)?;
+            let mut kinds = [0usize; 3];
+            for (line, answer) in lines.iter().zip(&answers) {
+                let f: Vec<&str> = answer.split(' ').collect();
+                let ret: i32 = f[0].parse().unwrap();
+                let offset: i64 = f[2].parse().unwrap();
+                let size: u64 = f[3].parse().unwrap();
+                let parsed = Config::parse(line, None);
+                kinds[usize::from(ret >= 3)
+                    + usize::from((6..=MAX_ENV_SIZE as u64).contains(&size) && ret >= 3)] += 1;
+                if ret < 3 {
+                    prop_assert!(
+                        matches!(parsed, Err(Error::ConfigEmpty)),
+                        "{:?}: C matched {} fields, abup {:?}",
+                        line,
+                        ret,
+                        parsed
+                    );
+                    continue;
+                }
+                if !(6..=MAX_ENV_SIZE as u64).contains(&size) {
+                    prop_assert!(
+                        matches!(parsed, Err(Error::ConfigLine { line: 1, .. })),
+                        "{:?}: size {}, abup {:?}",
+                        line,
+                        size,
+                        parsed
+                    );
+                    continue;
+                }
+                let config = parsed.map_err(|e| TestCaseError::fail(format!("{line:?}: {e}")))?;
+                let copy = &config.copies()[0];
+                prop_assert_eq!(copy.path.to_str(), Some(f[1]));
+                prop_assert_eq!(copy.offset, offset, "{:?}", line);
+                prop_assert_eq!(config.env_size() as u64, size, "{:?}", line);
+                prop_assert_eq!(
+                    copy.sector_size,
+                    (ret >= 4).then(|| f[4].parse().unwrap()),
+                    "{:?}",
+                    line
+                );
+                prop_assert_eq!(
+                    copy.sectors,
+                    (ret >= 5).then(|| f[5].parse().unwrap()),
+                    "{:?}",
+                    line
+                );
+                prop_assert_eq!(copy.disable_lock, ret >= 6 && f[6] != "0", "{:?}", line);
             }
-            if !(6..=MAX_ENV_SIZE as u64).contains(&size) {
-                prop_assert!(matches!(parsed, Err(Error::ConfigLine { line: 1, .. })), "{:?}: size {}, abup {:?}", line, size, parsed);
-                continue;
-            }
-            let config = parsed.map_err(|e| TestCaseError::fail(format!("{line:?}: {e}")))?;
-            let copy = &config.copies()[0];
-            prop_assert_eq!(copy.path.to_str(), Some(f[1]));
-            prop_assert_eq!(copy.offset, offset, "{:?}", line);
-            prop_assert_eq!(config.env_size() as u64, size, "{:?}", line);
-            prop_assert_eq!(copy.sector_size, (ret >= 4).then(|| f[4].parse().unwrap()), "{:?}", line);
-            prop_assert_eq!(copy.sectors, (ret >= 5).then(|| f[5].parse().unwrap()), "{:?}", line);
-            prop_assert_eq!(copy.disable_lock, ret >= 6 && f[6] != "0", "{:?}", line);
-        }
-        // Every outcome must be exercised: skipped lines, refused sizes, parsed entries.
-        prop_assert!(kinds.iter().all(|&k| k >= 20), "outcomes {:?}", kinds);
-    }
+            // Every outcome must be exercised: skipped lines, refused sizes, parsed entries.
+            prop_assert!(kinds.iter().all(|&k| k >= 20), "outcomes {:?}", kinds);
+            Ok(())
+        })
+        .unwrap();
+}
 
-    #[test]
-    fn yaml_numbers_read_as_glibc_strtoull_reads_them(values in prop::collection::vec("[ \t]{0,2}[+-]?(0[xX]?)?[0-9a-fA-F]{0,22}[g-z_ ]{0,3}", 400)) {
-        let Some(oracle) = oracle() else { return Ok(()) };
-        let answers = ask(oracle, "strtoull", &values);
-        for (value, answer) in values.iter().zip(&answers) {
-            let expected: u64 = answer.parse().unwrap();
-            let yaml = format!("a:\n  size: 0x100\n  devices: [{{path: /f, offset: \"{value}\"}}]\n");
-            let config = Config::parse(&yaml, None).map_err(|e| TestCaseError::fail(format!("{value:?}: {e}")))?;
-            prop_assert_eq!(config.copies()[0].offset, expected as i64, "{:?}", value);
-        }
-    }
+#[test]
+fn yaml_numbers_read_as_glibc_strtoull_reads_them() {
+    let Some(oracle) = oracle() else { return };
+    let values =
+        prop::collection::vec("[ \t]{0,2}[+-]?(0[xX]?)?[0-9a-fA-F]{0,22}[g-z_ ]{0,3}", 400);
+    runner()
+        .run(&values, |values| {
+            let answers = ask(oracle, "strtoull", &values)?;
+            for (value, answer) in values.iter().zip(&answers) {
+                let expected: u64 = answer.parse().unwrap();
+                let yaml =
+                    format!("a:\n  size: 0x100\n  devices: [{{path: /f, offset: \"{value}\"}}]\n");
+                let config = Config::parse(&yaml, None)
+                    .map_err(|e| TestCaseError::fail(format!("{value:?}: {e}")))?;
+                prop_assert_eq!(config.copies()[0].offset, expected as i64, "{:?}", value);
+            }
+            Ok(())
+        })
+        .unwrap();
 }

@@ -17,7 +17,7 @@ const SIZE: usize = 0x2000;
 #[test]
 fn negative_offsets_on_a_block_device_agree_with_libubootenv() {
     let test = "negative_offsets_on_a_block_device_agree_with_libubootenv";
-    if !common::tools(&["losetup", "fw_printenv", "fw_setenv"], test) {
+    if !(common::root(test) && common::tools(&["losetup", "fw_printenv", "fw_setenv"], test)) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -85,7 +85,7 @@ fn negative_offsets_on_a_block_device_agree_with_libubootenv() {
 #[test]
 fn a_negative_offset_before_the_start_of_the_device_is_refused() {
     let test = "a_negative_offset_before_the_start_of_the_device_is_refused";
-    if !common::tools(&["losetup"], test) {
+    if !(common::root(test) && common::tools(&["losetup"], test)) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

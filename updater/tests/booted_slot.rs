@@ -12,7 +12,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{abup_with, have, Tmp};
+use common::{abup_with, have, is_root, Tmp};
 
 /// A loop device, detached on drop even when the test fails.
 struct Loop(String);
@@ -35,8 +35,7 @@ fn sh(cmd: &str) -> String {
 
 #[test]
 fn root_parameter_finds_the_slot_among_block_devices() {
-    if !(have("sgdisk") && have("losetup") && have("mkfs.ext4")) || sh("id -u") != "0" {
-        eprintln!("skipping: needs root, sgdisk, losetup and mkfs.ext4");
+    if !(is_root() && have("sgdisk") && have("losetup") && have("mkfs.ext4")) {
         return;
     }
     let t = Tmp::new();

@@ -1,6 +1,6 @@
 //! Interoperability with the reference tools a third party would use: keys written and read
 //! by `openssl`, bundle signatures checked and made by `openssl pkeyutl`, chunks decoded by the
-//! `zstd` command. Each test prints `skipping: ...` when its tool is missing.
+//! `zstd` command. Each test prints `skipping: ...` when its tool is missing, and fails in CI.
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::io::Cursor;

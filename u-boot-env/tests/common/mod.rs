@@ -6,7 +6,9 @@ use std::process::Command;
 
 use u_boot_env::Env;
 
-/// The tool's path, or `None` after saying on stderr which test is skipped and why.
+/// The tool's path, or `None` after saying on stderr which test is skipped and why. In CI
+/// (`CI` set) a missing tool fails the test instead: a tool missing from
+/// `scripts/install-deps` must not turn a cross-check into a silent pass.
 pub fn tool(name: &str, test: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
@@ -14,7 +16,10 @@ pub fn tool(name: &str, test: &str) -> Option<PathBuf> {
             .find(|candidate| candidate.is_file())
     });
     if found.is_none() {
-        eprintln!("SKIPPED {test}: {name} is not installed (Debian: u-boot-tools, libubootenv-tool, mount)");
+        unavailable(
+            test,
+            &format!("{name} is not installed (scripts/install-deps installs it)"),
+        );
     }
     found
 }
@@ -22,6 +27,25 @@ pub fn tool(name: &str, test: &str) -> Option<PathBuf> {
 /// True when every tool is present; reports the first missing one.
 pub fn tools(names: &[&str], test: &str) -> bool {
     names.iter().all(|name| tool(name, test).is_some())
+}
+
+/// Whether the test runs as root (loop devices), with [`tool`]'s rule: a skip outside CI, a
+/// failure in CI.
+pub fn root(test: &str) -> bool {
+    let uid = run(Command::new("id").arg("-u"));
+    let root = String::from_utf8_lossy(&uid).trim() == "0";
+    if !root {
+        unavailable(test, "it needs root (CI runs the tests as root)");
+    }
+    root
+}
+
+fn unavailable(test: &str, why: &str) {
+    assert!(
+        std::env::var_os("CI").is_none_or(|ci| ci.is_empty()),
+        "{test}: {why}; CI is set, so the test fails instead of skipping"
+    );
+    eprintln!("skipping: {test}: {why}");
 }
 
 /// Runs a command and returns its stdout, failing the test with its stderr otherwise.

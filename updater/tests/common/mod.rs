@@ -69,16 +69,38 @@ pub fn run_bytes(tool: &str, args: &[&str]) -> Vec<u8> {
     out.stdout
 }
 
-/// Whether a tool is installed; tests that need one say so when it is not (CI installs all).
+/// Whether a tool is installed. Outside CI a test without its tool says `skipping: ...` and
+/// passes; in CI (`CI` set) it fails, so a tool missing from `scripts/install-deps` cannot turn
+/// a cross-check into a silent pass.
 pub fn have(tool: &str) -> bool {
     let found = Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .output()
         .is_ok_and(|o| o.status.success());
     if !found {
-        eprintln!("skipping: {tool} is not installed (.ci/run installs it)");
+        unavailable(&format!(
+            "{tool} is not installed (scripts/install-deps installs it)"
+        ));
     }
     found
+}
+
+/// Whether the tests run as root (loop devices, mounts), with [`have`]'s rule: a skip outside
+/// CI, a failure in CI.
+pub fn is_root() -> bool {
+    let root = run_ok("id", &["-u"]).trim() == "0";
+    if !root {
+        unavailable("the test needs root (CI runs the tests as root)");
+    }
+    root
+}
+
+fn unavailable(what: &str) {
+    assert!(
+        std::env::var_os("CI").is_none_or(|ci| ci.is_empty()),
+        "{what}; CI is set, so the test fails instead of skipping"
+    );
+    eprintln!("skipping: {what}");
 }
 
 pub fn read(p: &Path) -> Vec<u8> {
@@ -90,6 +112,17 @@ pub struct Tmp(tempfile::TempDir);
 impl Tmp {
     pub fn new() -> Tmp {
         Tmp(tempfile::tempdir().unwrap())
+    }
+
+    /// In memory (tmpfs) where the machine has it: for tests that sync thousands of small
+    /// writes and model what a power cut loses themselves, so the disk only makes them slow.
+    pub fn in_memory() -> Tmp {
+        let shm = Path::new("/dev/shm");
+        Tmp(if shm.is_dir() {
+            tempfile::tempdir_in(shm).unwrap()
+        } else {
+            tempfile::tempdir().unwrap()
+        })
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
