@@ -1,50 +1,39 @@
-//! Runs abup's real copy-selection script, and GRUB's `save_env`, in `grub-emu` (GRUB 2.06's
-//! script engine and file system code, headless) over many hand-made pairs, and checks that
-//! the crate's model gives the same answers and bytes.
+//! Runs abup's real boot script (`board-configs/grub/abup-select.cfg`), and GRUB's `save_env`,
+//! in `grub-emu` (GRUB 2.06's script engine and file system code, headless) over many hand-made
+//! pairs, and checks that the crate's model gives the same answers and bytes.
 //!
 //! The pairs live on a FAT image made with `mkfs.vfat` and filled with `mcopy`; `grub-emu` sees
 //! it as `(hd0)`. One `grub-emu` run handles all pairs of a test. Skipped, with a message, only
-//! where grub-emu or mtools/dosfstools are missing.
+//! where grub-emu or mtools/dosfstools are missing, and never in CI.
 
 // Test helpers panic on purpose: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
+
+mod common;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use common::have;
 use grub_env::{read_block, Change, EnvBlock, EnvPair, Error, LongWidth, SEQ_VAR, SIGNATURE};
 
-/// The boot script's selection, verbatim as it goes into board configs (`envdir` is set before).
-const SELECT: &str = r#"set ABUP_SEQ=
-load_env -f $envdir/abupenv.0 ABUP_SEQ
-set abup_seq0="$ABUP_SEQ"
-set ABUP_SEQ=
-load_env -f $envdir/abupenv.1 ABUP_SEQ
-set abup_seq1="$ABUP_SEQ"
-set abup_env=$envdir/abupenv.0
-if [ -n "$abup_seq1" ]; then
-  if [ -z "$abup_seq0" ]; then set abup_env=$envdir/abupenv.1
-  elif [ "$abup_seq1" -gt "$abup_seq0" ]; then set abup_env=$envdir/abupenv.1; fi
-fi
-"#;
+/// The lines that run abup's boot script, `board-configs/grub/abup-select.cfg` exactly as it
+/// ships to devices, on the pair in case `n`'s directory; GRUB reads it from the host, so there
+/// is no copy here to drift from it. It leaves the current copy's path in `abup_env` and the
+/// slot it boots in `abup_slot`, and saves the try it counts into the current copy.
+fn select(n: usize) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../board-configs/grub/abup-select.cfg")
+        .canonicalize()
+        .unwrap();
+    let script = script.to_str().unwrap();
+    assert!(!script.contains('\''), "{script} cannot be quoted for GRUB");
+    format!("set abup_envdir=(hd0)/t/p{n}\nsource '(host){script}'\n")
+}
 
 fn have_tools() -> bool {
-    let missing: Vec<&str> = ["grub-emu", "mkfs.vfat", "mcopy"]
-        .into_iter()
-        .filter(|tool| {
-            Command::new("sh")
-                .arg("-c")
-                .arg(format!("command -v {tool}"))
-                .stdout(Stdio::null())
-                .status()
-                .map_or(true, |s| !s.success())
-        })
-        .collect();
-    if !missing.is_empty() {
-        eprintln!("SKIPPED: {} not installed", missing.join(", "));
-    }
-    missing.is_empty()
+    have("grub-emu") && have("mkfs.vfat") && have("mcopy")
 }
 
 /// One pair on the FAT image: `None` means the file does not exist.
@@ -333,7 +322,7 @@ fn rust_selection_equals_the_grub_script() {
     let image = Image::new(&cases);
     let mut script = String::new();
     for n in 0..cases.len() {
-        script += &format!("set envdir=(hd0)/t/p{n}\n{SELECT}echo \"RESULT p{n} $abup_env\"\n");
+        script += &format!("{}echo \"RESULT p{n} $abup_env\"\n", select(n));
     }
     script += "halt\n";
     let output = image.grub(&script);
@@ -365,10 +354,12 @@ fn rust_selection_equals_the_grub_script() {
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
 }
 
-/// A boot: select the copy, then `save_env` a try counter (and a variable GRUB does not have,
-/// which `save_env` removes) into it.
+/// A boot: the boot script selects the copy (and may count a try in it), then `save_env` a try
+/// counter (and a variable GRUB does not have, which `save_env` removes) into it.
 struct Boot {
     pair: [Vec<u8>; 2],
+    /// What the boot script itself saves first, when the current copy gives a slot a try.
+    counts: Option<(&'static str, &'static str)>,
     value: &'static str,
 }
 
@@ -397,40 +388,49 @@ fn boot_cases() -> Vec<Boot> {
     let mut cases = vec![
         Boot {
             pair: [bytes(&fresh, 0), bytes(&fresh, 1)],
+            counts: None,
             value: "2",
         },
         Boot {
             pair: [bytes(&updated, 0), bytes(&updated, 1)],
+            counts: Some(("BOOT_A_LEFT", "8")),
             value: "8",
         },
         Boot {
             pair: [bytes(&updated, 0), bytes(&updated, 1)],
+            counts: Some(("BOOT_A_LEFT", "8")),
             value: "10",
         },
         Boot {
             pair: [blocks[0].clone(), blocks[1].clone()],
+            counts: None,
             value: "9",
         },
         Boot {
             pair: [blocks[1].clone(), blocks[0].clone()],
+            counts: None,
             value: "0",
         },
         Boot {
             pair: [blocks[2].clone(), vec![0; 512]],
+            counts: Some(("BOOT_A_LEFT", "8")),
             value: "2 1",
         },
         Boot {
             pair: [vec![0; 512], blocks[2].clone()],
+            counts: Some(("BOOT_A_LEFT", "8")),
             value: "11",
         },
         Boot {
             pair: [full.as_bytes().to_vec(), with_seq(b"3")],
+            counts: None,
             value: "2",
         },
     ];
     // A longer counter does not fit, and GRUB leaves the copy alone.
     cases.push(Boot {
         pair: [full.as_bytes().to_vec(), with_seq(b"3")],
+        counts: None,
         value: "222",
     });
     cases
@@ -453,8 +453,9 @@ fn grub_save_env_writes_what_the_model_predicts() {
     let mut script = String::new();
     for (n, case) in cases.iter().enumerate() {
         script += &format!(
-            "set envdir=(hd0)/t/p{n}\n{SELECT}set BOOT_A_LEFT=\"{}\"\nunset GONE\n\
+            "{}set BOOT_A_LEFT=\"{}\"\nunset GONE\n\
              save_env -f $abup_env BOOT_A_LEFT GONE\necho \"RESULT p{n} $abup_env\"\n",
+            select(n),
             case.value
         );
     }
@@ -464,13 +465,18 @@ fn grub_save_env_writes_what_the_model_predicts() {
     let out = image.extract();
 
     for (n, case) in cases.iter().enumerate() {
-        let pair = EnvPair::new(
+        let mut pair = EnvPair::new(
             EnvBlock::from_bytes(case.pair[0].clone()),
             EnvBlock::from_bytes(case.pair[1].clone()),
             LongWidth::Bits64,
         );
         assert_eq!(grub[n], format!("(hd0)/t/p{n}/abupenv.{}", pair.selected()));
         let mut expected = case.pair.clone();
+        if let Some((name, value)) = case.counts {
+            let plan = pair.boot_save_env(&[(name, Some(value))]).unwrap();
+            expected[plan.index] = plan.block.as_bytes().to_vec();
+            pair.commit(plan);
+        }
         match pair.boot_save_env(&[("BOOT_A_LEFT", Some(case.value)), ("GONE", None)]) {
             Ok(plan) => {
                 assert_eq!(plan.index, pair.selected());
@@ -488,6 +494,136 @@ fn grub_save_env_writes_what_the_model_predicts() {
             assert!(
                 got == *expected,
                 "case {n} copy {index}\n  GRUB: {}\nmodel: {}",
+                got.escape_ascii(),
+                expected.escape_ascii()
+            );
+        }
+    }
+}
+
+/// A boot of the script alone: the current copy's slot variables, and what the script must do
+/// with them (the slot it boots, and the count it saves for that slot, if it counts a try).
+struct Decision {
+    vars: Vec<(&'static str, String)>,
+    slot: &'static str,
+    saves: Option<String>,
+}
+
+fn decision_cases() -> Vec<Decision> {
+    let vars = |order: &'static str, a: &str, b: &str, good: &'static str| {
+        vec![
+            ("BOOT_ORDER", order.to_string()),
+            ("BOOT_A_LEFT", a.to_string()),
+            ("BOOT_B_LEFT", b.to_string()),
+            ("BOOT_GOOD", good.to_string()),
+        ]
+    };
+    let mut cases = Vec::new();
+    // Every count of the first slot of BOOT_ORDER: a try counted down by one; at 0 the next
+    // slot's try (A first), or with no tries anywhere the confirmed slot, uncounted (B first).
+    for left in 0..=9u8 {
+        let (l, down) = (left.to_string(), left.checked_sub(1).map(|d| d.to_string()));
+        cases.push(Decision {
+            vars: vars("A B", &l, "3", "A"),
+            slot: if left > 0 { "A" } else { "B" },
+            saves: Some(down.clone().unwrap_or_else(|| "2".into())),
+        });
+        cases.push(Decision {
+            vars: vars("B A", "0", &l, "A"),
+            slot: if left > 0 { "B" } else { "A" },
+            saves: down,
+        });
+    }
+    // Anything but one digit from 1 to 9 is no tries: the confirmed slot boots uncounted.
+    for junk in ["", "10", "01", "+1", " 1", "1 ", "x", "-1", "1x"] {
+        cases.push(Decision {
+            vars: vars("A B", junk, junk, "B"),
+            slot: "B",
+            saves: None,
+        });
+    }
+    // Without a confirmed slot: the first slot of BOOT_ORDER, and A when there is none.
+    let fallbacks = [
+        (vars("C B A", "0", "0", "C"), "B"),
+        (vars("A B", "0", "0", ""), "A"),
+        (vars("", "0", "0", ""), "A"),
+        (vars("C", "5", "5", ""), "A"),
+        (Vec::new(), "A"),
+    ];
+    for (vars, slot) in fallbacks {
+        cases.push(Decision {
+            vars,
+            slot,
+            saves: None,
+        });
+    }
+    // Names the script does not know are skipped.
+    cases.push(Decision {
+        vars: vars("C B A", "1", "1", "A"),
+        slot: "B",
+        saves: Some("0".into()),
+    });
+    cases
+}
+
+#[test]
+fn the_boot_script_counts_a_try_down_or_boots_the_confirmed_slot() {
+    if !have_tools() {
+        return;
+    }
+    let cases = decision_cases();
+    // Copy 1 is current; copy 0, older, would boot B with tries left if it were read.
+    let older = block_with(&[
+        ("BOOT_ORDER", b"B A"),
+        ("BOOT_B_LEFT", b"3"),
+        (SEQ_VAR, b"1"),
+    ]);
+    let pairs: Vec<[Vec<u8>; 2]> = cases
+        .iter()
+        .map(|case| {
+            let mut current = EnvBlock::from_bytes(block_with(&[(SEQ_VAR, b"2")])).unwrap();
+            for (name, value) in &case.vars {
+                current.set(name, value).unwrap();
+            }
+            [older.clone(), current.into_bytes()]
+        })
+        .collect();
+    let image = Image::new(
+        &pairs
+            .iter()
+            .map(|pair| Case {
+                copies: [Some(pair[0].clone()), Some(pair[1].clone())],
+            })
+            .collect::<Vec<_>>(),
+    );
+    let mut script = String::new();
+    for n in 0..cases.len() {
+        script += &format!("{}echo \"RESULT p{n} $abup_slot\"\n", select(n));
+    }
+    script += "halt\n";
+    let output = image.grub(&script);
+    let grub = results(&output, cases.len());
+    let out = image.extract();
+
+    for (n, (case, pair)) in cases.iter().zip(&pairs).enumerate() {
+        assert_eq!(grub[n], case.slot, "case {n}: {:?}", case.vars);
+        let mut expected = pair.clone();
+        if let Some(left) = &case.saves {
+            let model = EnvPair::new(
+                EnvBlock::from_bytes(pair[0].clone()),
+                EnvBlock::from_bytes(pair[1].clone()),
+                LongWidth::Bits64,
+            );
+            let name = format!("BOOT_{}_LEFT", case.slot);
+            let plan = model.boot_save_env(&[(name, Some(left))]).unwrap();
+            expected[plan.index] = plan.block.into_bytes();
+        }
+        for (index, expected) in expected.iter().enumerate() {
+            let got = std::fs::read(out.join(format!("p{n}/abupenv.{index}"))).unwrap();
+            assert!(
+                got == *expected,
+                "case {n} ({:?}) copy {index}\n  GRUB: {}\nmodel: {}",
+                case.vars,
                 got.escape_ascii(),
                 expected.escape_ascii()
             );
