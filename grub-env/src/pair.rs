@@ -171,6 +171,24 @@ impl EnvPair {
             })
     }
 
+    /// Whether both copies are valid blocks with the same variables apart from `ABUP_SEQ`.
+    /// Copies disagree after a power cut between the two writes of an update, and after each
+    /// GRUB boot (its `save_env` changes the current copy only); until they agree again, a
+    /// torn save of the current copy makes GRUB fall back to what the other copy says.
+    pub fn copies_agree(&self) -> bool {
+        let vars = |i: usize| -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+            let block = self.copies[i].as_ref().ok()?;
+            Some(
+                block
+                    .iter()
+                    .filter(|v| v.name != SEQ_VAR.as_bytes())
+                    .map(|v| (v.name.to_vec(), v.value.into_owned()))
+                    .collect(),
+            )
+        };
+        matches!((vars(0), vars(1)), (Some(a), Some(b)) if a == b)
+    }
+
     /// One update: `changes` applied to the current copy exactly as `grub-editenv` would, plus
     /// `ABUP_SEQ` = current + 1, to be written over the OTHER copy. The current copy is never
     /// touched, so a power cut during the write leaves it selected and intact.
@@ -559,5 +577,18 @@ mod tests {
             p.boot_save_env(&[("A", None::<&str>)]),
             Err(Error::NoValidCopy { index: 0, .. })
         ));
+    }
+
+    #[test]
+    fn copies_agree_ignores_the_sequence_and_needs_two_valid_copies() {
+        assert!(pair(Ok(with_seq("3")), Ok(with_seq("4"))).copies_agree());
+        let mut p = pair(Ok(with_seq("3")), Ok(with_seq("4")));
+        let plan = p.boot_save_env(&[("BOOT_B_LEFT", Some("2"))]).unwrap();
+        p.commit(plan);
+        assert!(!p.copies_agree(), "GRUB's save changed one copy");
+        let plan = p.plan_update(&[]).unwrap();
+        p.commit(plan);
+        assert!(p.copies_agree(), "an update without changes copies the current one");
+        assert!(!pair(garbage(), Ok(with_seq("4"))).copies_agree());
     }
 }

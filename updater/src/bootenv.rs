@@ -1,9 +1,12 @@
 //! The bootloader environment as the rest of abup sees it: a set of variables that is read
 //! once and changed with exactly one write, whichever bootloader keeps it.
 //!
-//! A logical change (mark a slot good, activate an update) must be one write: two writes
-//! (two `fw_setenv` calls, say) leave a window where a power cut strands the device between
-//! two states nobody designed. Both backends below write one copy, once.
+//! A logical change (mark a slot good, activate an update) must never be split: two writes
+//! that each carry half of it (two `fw_setenv` calls, say) leave a window where a power cut
+//! strands the device between two states nobody designed. Every write below carries the
+//! whole new state: U-Boot's redundant environment gets one write, of the copy that is not
+//! current; abup's GRUB pair gets two, the other copy and then the current one, each a
+//! complete state (see [`Environment::update`]).
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -155,8 +158,10 @@ impl Environment {
         })
     }
 
-    /// Applies all `changes` with one write and waits until it is on the disk. Nothing is
-    /// written if any change is refused (a bad name, no room, an unreadable environment).
+    /// Applies all `changes` and waits until they are on the disk: one write of the whole new
+    /// state (two for abup's GRUB pair, each of the whole new state, so that GRUB's in-place
+    /// save never falls back to an older one). Nothing is written if any change is refused (a
+    /// bad name, no room, an unreadable environment).
     pub fn update(&mut self, changes: &[Assignment]) -> Result<()> {
         let grub_changes: Vec<Change<'_>> = changes
             .iter()
@@ -169,25 +174,12 @@ impl Environment {
             Backend::GrubPair {
                 paths, files, pair, ..
             } => {
-                let plan = pair.plan_update(&grub_changes).with_context(|| {
-                    format!(
-                        "updating the GRUB environment pair {} + {}",
-                        paths[0].display(),
-                        paths[1].display()
-                    )
-                })?;
-                let path = &paths[plan.index];
-                let Some(file) = &files[plan.index] else {
-                    bail!(
-                        "cannot write GRUB environment copy {}: it could not be opened",
-                        path.display()
-                    );
-                };
-                grub_env::write_block(file, &plan.block)
-                    .with_context(|| format!("writing GRUB environment copy {}", path.display()))?;
-                log::info!("wrote GRUB environment copy {}", path.display());
-                crate::failpoint::wrote(&format!("GRUB environment {}", path.display()));
-                pair.commit(plan);
+                // First the copy that is not current (a cut leaves the current one), then the
+                // other one with the same variables: at rest both copies hold the same state,
+                // so when GRUB's own in-place save tears the current copy, the copy GRUB falls
+                // back to boots the same way instead of undoing this change.
+                write_grub_copy(paths, files, pair, &grub_changes)?;
+                write_grub_copy(paths, files, pair, &[])?;
             }
             Backend::GrubSingle { path, file, block } => {
                 let mut new = block.clone();
@@ -231,6 +223,16 @@ impl Environment {
         Ok(())
     }
 
+    /// Whether a torn write of the current copy by the bootloader itself would fall back to
+    /// the same variables. Only abup's GRUB pair can disagree (GRUB rewrites its current copy
+    /// in place): after a power cut between the two writes of an update, or a GRUB boot.
+    pub fn settled(&self) -> bool {
+        match &self.backend {
+            Backend::GrubPair { pair, .. } => pair.copies_agree(),
+            Backend::GrubSingle { .. } | Backend::UBoot { .. } => true,
+        }
+    }
+
     /// A short description for `abup status`: which file, which copy is current.
     pub fn describe(&self) -> String {
         match &self.backend {
@@ -267,6 +269,36 @@ impl Environment {
             }
         }
     }
+}
+
+/// Writes `changes` applied to the current copy, with the next sequence number, over the
+/// other copy, which then becomes the current one.
+fn write_grub_copy(
+    paths: &[PathBuf; 2],
+    files: &[Option<File>; 2],
+    pair: &mut EnvPair,
+    changes: &[Change<'_>],
+) -> Result<()> {
+    let plan = pair.plan_update(changes).with_context(|| {
+        format!(
+            "updating the GRUB environment pair {} + {}",
+            paths[0].display(),
+            paths[1].display()
+        )
+    })?;
+    let path = &paths[plan.index];
+    let Some(file) = &files[plan.index] else {
+        bail!(
+            "cannot write GRUB environment copy {}: it could not be opened",
+            path.display()
+        );
+    };
+    grub_env::write_block(file, &plan.block)
+        .with_context(|| format!("writing GRUB environment copy {}", path.display()))?;
+    log::info!("wrote GRUB environment copy {}", path.display());
+    crate::failpoint::wrote(&format!("GRUB environment {}", path.display()));
+    pair.commit(plan);
+    Ok(())
 }
 
 fn grub_current<'a>(paths: &[PathBuf; 2], pair: &'a EnvPair) -> Result<&'a EnvBlock> {

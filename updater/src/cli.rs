@@ -101,10 +101,10 @@ pub enum Command {
         the bundle's signature is checked against the keyring, its compatible string against \
         the board, its security version against the lowest this device accepts, each image's \
         size against its slot device, and the running slot must be known and confirmed. Then: \
-        the target slot is marked bad (one environment write), every chunk is checked against \
+        the target slot is marked bad (one environment update), every chunk is checked against \
         its hash and written, the slot's first block held back until the whole slot has been \
         read back from the disk and matched; the post-install hook runs; the slot is \
-        activated with its tries (one environment write). Reboot to try it; its boot-success \
+        activated with its tries (one environment update). Reboot to try it; its boot-success \
         service confirms it with `abup mark-good`.\n\n\
         Interrupted (network, kill -9, power cut), the same command continues from the last \
         synced chunk, asking a web server for the rest with a Range request."
@@ -180,12 +180,12 @@ pub enum EnvOp {
         #[arg(value_name = "NAME")]
         name: String,
     },
-    /// Set variables, all in one write; an empty value removes a U-Boot variable.
+    /// Set variables, all in one update; an empty value removes a U-Boot variable.
     Set {
         #[arg(value_name = "NAME=VALUE", required = true)]
         assignments: Vec<String>,
     },
-    /// Remove variables, all in one write; absent names are not an error.
+    /// Remove variables, all in one update; absent names are not an error.
     Unset {
         #[arg(value_name = "NAME", required = true)]
         names: Vec<String>,

@@ -1,5 +1,5 @@
 //! The slot state as the bootloader environment holds it, and changes to it: read the
-//! variables, let `bootcount` apply an operation, write the result in one environment write.
+//! variables, let `bootcount` apply an operation, write the result in one environment update.
 
 use std::collections::HashMap;
 
@@ -29,9 +29,12 @@ pub fn read(board: &Board, env: &Environment) -> Result<Current> {
     Ok(Current { state, raw })
 }
 
-/// Applies `op` to the state in `env` and writes every variable that changed, in one write.
+/// Applies `op` to the state in `env` and writes every variable that changed, in one update.
 /// Returns the new state and whether anything was written: `mark-good` runs on every boot,
 /// and rewriting an environment that already says the same thing would only wear the flash.
+/// An environment that is not settled (a GRUB pair whose copies disagree) is written even
+/// without a change, so that a cut between the two writes of an earlier update is healed
+/// before anything relies on it (an install, say, before it writes its target).
 pub fn transition(
     board: &Board,
     env: &mut Environment,
@@ -44,7 +47,7 @@ pub fn transition(
         .into_iter()
         .filter(|(k, v)| raw.get(k) != v.as_ref())
         .collect();
-    if changes.is_empty() {
+    if changes.is_empty() && env.settled() {
         return Ok((state, false));
     }
     env.update(&changes)?;

@@ -104,10 +104,28 @@ fn states() -> Vec<State> {
     out
 }
 
-/// A file-backed environment of `kind` in `dir`, holding `state`; with `flip`, one extra
-/// write first, so that the operation under test writes the other copy.
-fn setup(dir: &Path, kind: Kind, state: &State, flip: bool) -> (Board, Location) {
-    let loc = match kind {
+/// How the two copies stand before the operation under test.
+#[derive(Debug, Clone, Copy)]
+enum Layout {
+    /// Both copies hold the state, copy 0 current: a pair as abup creates it.
+    Created,
+    /// Both copies hold the state, copy 1 current: as after GRUB's boots and abup's updates.
+    Agreeing,
+    /// The current copy holds the state and the other copy the state before abup's last
+    /// write, each copy current in turn: U-Boot at rest; a GRUB pair after a power cut between
+    /// the two writes of an update, or one written by an abup that wrote one copy only.
+    Previous(usize),
+}
+
+const LAYOUTS: [Layout; 4] = [
+    Layout::Created,
+    Layout::Agreeing,
+    Layout::Previous(0),
+    Layout::Previous(1),
+];
+
+fn location(dir: &Path, kind: Kind) -> Location {
+    match kind {
         Kind::GrubPair => Location::GrubPair([dir.join("abupenv.0"), dir.join("abupenv.1")]),
         Kind::UBootRedundant => {
             let cfg = dir.join("fw_env.config");
@@ -128,18 +146,67 @@ fn setup(dir: &Path, kind: Kind, state: &State, flip: bool) -> (Board, Location)
                 lock_file: Some(dir.join("lock")),
             }
         }
-    };
+    }
+}
+
+fn variables(kind: Kind, state: &State) -> Vec<(String, Option<String>)> {
     let mut vars: Vec<(String, Option<String>)> = state.encode();
     if kind == Kind::UBootRedundant {
         // A bootcmd long enough that the variables span several sectors: a change to
         // BOOT_ORDER shifts everything sorted after it, so tears cut through real data.
         vars.push(("bootcmd".into(), Some("echo abup; ".repeat(150))));
     }
-    let vars: Vec<_> = vars.into_iter().filter(|(_, v)| v.is_some()).collect();
-    abup::provision::create_env(&loc, None, false, &vars).unwrap();
-    if flip {
-        let mut env = Environment::open(&loc, true).unwrap();
-        env.update(&[("flip".into(), Some("1".into()))]).unwrap();
+    vars
+}
+
+/// One write of one copy with `vars`, the way a single-copy update writes it: for U-Boot
+/// abup's own write; for a GRUB pair only the first of the two writes abup makes.
+fn write_one_copy(loc: &Location, vars: &[(String, Option<String>)]) {
+    match loc {
+        Location::GrubPair(paths) => {
+            let files: Vec<std::fs::File> = paths
+                .iter()
+                .map(|p| {
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(p)
+                        .unwrap()
+                })
+                .collect();
+            let pair = grub_env::EnvPair::new(
+                grub_env::read_block(&files[0]),
+                grub_env::read_block(&files[1]),
+                abup::bootenv::GRUB_WIDTH,
+            );
+            let changes: Vec<grub_env::Change<'_>> = vars
+                .iter()
+                .map(|(k, v)| match v {
+                    Some(v) => grub_env::Change::set(k.as_str(), v.as_str()),
+                    None => grub_env::Change::unset(k.as_str()),
+                })
+                .collect();
+            let plan = pair.plan_update(&changes).unwrap();
+            grub_env::write_block(&files[plan.index], &plan.block).unwrap();
+        }
+        _ => Environment::open(loc, true).unwrap().update(vars).unwrap(),
+    }
+}
+
+/// A file-backed environment of `kind` in `dir` holding `state`, its copies as `layout` says,
+/// `prev` being the state before the last write where the layout has one.
+fn setup(dir: &Path, kind: Kind, state: &State, prev: &State, layout: Layout) -> (Board, Location) {
+    let loc = location(dir, kind);
+    let (now, before) = (variables(kind, state), variables(kind, prev));
+    let writes: Vec<&[(String, Option<String>)]> = match layout {
+        Layout::Created => vec![&now],
+        Layout::Agreeing => vec![&before, &now, &now, &now],
+        Layout::Previous(1) => vec![&before, &now],
+        Layout::Previous(_) => vec![&before, &before, &now],
+    };
+    abup::provision::create_env(&loc, None, false, writes[0]).unwrap();
+    for vars in &writes[1..] {
+        write_one_copy(&loc, vars);
     }
     let board_text = format!(
         "[board]\nname = \"t\"\ncompatible = \"t\"\n[bootloader]\n{}\n\
@@ -152,6 +219,22 @@ fn setup(dir: &Path, kind: Kind, state: &State, flip: bool) -> (Board, Location)
     );
     let board = Board::parse(&board_text, Path::new("test")).unwrap();
     (board, loc)
+}
+
+/// The copy the bootloader reads now: the written copy for U-Boot, the copy GRUB's script
+/// selects for a pair.
+fn current_copy(kind: Kind, files: &[PathBuf]) -> usize {
+    match kind {
+        Kind::GrubPair => {
+            let copies: Vec<_> = files
+                .iter()
+                .map(|p| grub_env::read_block(std::fs::File::open(p).unwrap()))
+                .collect();
+            let [c0, c1]: [_; 2] = copies.try_into().unwrap();
+            grub_env::EnvPair::new(c0, c1, abup::bootenv::GRUB_WIDTH).selected()
+        }
+        Kind::UBootRedundant => usize::MAX,
+    }
 }
 
 fn snapshot(paths: &[PathBuf]) -> Vec<Vec<u8>> {
@@ -179,7 +262,8 @@ fn garbage(seed: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Every content a cut during the write of `old` -> `new` can leave in the file.
+/// Every content a cut during the write of `old` -> `new` can leave in the file, except
+/// `old` and `new` themselves (the write not started, the write done).
 fn torn_variants(old: &[u8], new: &[u8]) -> Vec<Vec<u8>> {
     assert_eq!(old.len(), new.len(), "writes never change a file's size");
     let sectors: Vec<usize> = (0..old.len().div_ceil(SECTOR))
@@ -198,7 +282,7 @@ fn torn_variants(old: &[u8], new: &[u8]) -> Vec<Vec<u8>> {
         }
         v
     };
-    let mut out = vec![old.to_vec(), new.to_vec()];
+    let mut out = Vec::new();
     let n = sectors.len();
     if n <= 8 {
         for mask in 0u32..(1 << n) {
@@ -227,6 +311,7 @@ fn torn_variants(old: &[u8], new: &[u8]) -> Vec<Vec<u8>> {
     }
     out.sort();
     out.dedup();
+    out.retain(|v| v != old && v != new);
     out
 }
 
@@ -237,6 +322,14 @@ fn read_state(board: &Board, loc: &Location) -> Result<State, String> {
         .state)
 }
 
+/// The state one GRUB copy holds on its own.
+fn copy_state(board: &Board, bytes: &[u8]) -> Option<State> {
+    let t = Tmp::in_memory();
+    let path = t.path("copy");
+    std::fs::write(&path, bytes).unwrap();
+    read_state(board, &Location::GrubSingle(path)).ok()
+}
+
 /// One torn GRUB disk for the real-GRUB check, with what the model expects GRUB to do.
 struct GrubCase {
     copies: [Vec<u8>; 2],
@@ -244,21 +337,44 @@ struct GrubCase {
     expect_after: State,
 }
 
-fn check_kind(kind: Kind, grub_cases: &mut Vec<GrubCase>) -> usize {
-    let t = Tmp::new();
-    let mut checked = 0;
-    for (si, start) in states().into_iter().enumerate() {
-        for flip in [false, true] {
+/// What the power-cut tests counted, printed for docs/power-safety.md.
+#[derive(Debug, Default)]
+struct Counts {
+    /// Operations that wrote something, each from its own starting environment.
+    operations: usize,
+    /// Writes of one copy among them.
+    writes: usize,
+    /// Disks a cut can leave (torn writes, and the points between writes), each read back.
+    disks: usize,
+}
+
+/// Every state, copy layout and operation of `kind`: the operation is written, then every disk
+/// a cut during one of its writes can leave is read back and judged. A disk whose writes are
+/// all done must read as the new state and one whose writes have not started as the old one;
+/// a torn write as the old or the new state, or, where the bootloader rewrote its current copy
+/// in place (GRUB's save), as what the other copy really holds, because that is where GRUB
+/// falls back when the current copy is garbage.
+fn check_kind(kind: Kind, grub_cases: &mut Vec<GrubCase>) -> Counts {
+    let t = Tmp::in_memory();
+    let all = states();
+    let mut counts = Counts::default();
+    for (si, start) in all.iter().enumerate() {
+        // The state before the last write: another state, different from this one.
+        let prev = &all[(si * 7 + 1 + all.len() / 2) % all.len()];
+        assert_ne!(prev, start);
+        for layout in LAYOUTS {
             for op in ops() {
-                let dir = t.path(&format!("{si}-{flip}-{op:?}"));
+                let dir = t.path(&format!("{si}-{layout:?}-{op:?}"));
                 std::fs::create_dir(&dir).unwrap();
-                let (board, loc) = setup(&dir, kind, &start, flip);
+                let (board, loc) = setup(&dir, kind, start, prev, layout);
                 let files = env_files(&loc, &dir);
                 let before = snapshot(&files);
                 let old = read_state(&board, &loc).unwrap();
-                assert_eq!(old, start);
+                assert_eq!(&old, start, "{layout:?}");
+                let current = current_copy(kind, &files);
 
-                let new = if matches!((kind, op), (Kind::GrubPair, Op::Boot)) {
+                let in_place = matches!((kind, op), (Kind::GrubPair, Op::Boot));
+                let new = if in_place {
                     grub_boot_save(&files, &board, &old)
                 } else {
                     let mut env = Environment::open(&loc, true).unwrap();
@@ -271,43 +387,100 @@ fn check_kind(kind: Kind, grub_cases: &mut Vec<GrubCase>) -> usize {
                 let changed: Vec<usize> = (0..files.len())
                     .filter(|&i| before[i] != after[i])
                     .collect();
-                assert!(
-                    changed.len() <= 1,
-                    "{op:?}: one logical change, one file written"
-                );
-                let Some(&f) = changed.first() else {
-                    assert_eq!(new, old);
-                    continue;
-                };
-                for variant in torn_variants(&before[f], &after[f]) {
-                    std::fs::write(&files[f], &variant).unwrap();
-                    let got = read_state(&board, &loc).unwrap_or_else(|e| {
-                        panic!("{kind:?} {op:?} from {start:?}: cut left no environment: {e}")
-                    });
-                    assert!(
-                        got == old || got == new,
-                        "{kind:?} {op:?} from {start:?}: cut left {got:?}"
+                if kind == Kind::GrubPair && !in_place {
+                    // GRUB's next save rewrites the current copy in place; if that tears, GRUB
+                    // reads the other copy, which must not undo what abup just wrote (nor
+                    // what an earlier update, cut between its two writes, was about to write).
+                    let other = 1 - current_copy(kind, &files);
+                    assert_eq!(
+                        copy_state(&board, &after[other]).as_ref(),
+                        Some(&new),
+                        "{op:?} from {start:?} ({layout:?}): the copy GRUB falls back to"
                     );
-                    checked += 1;
-                    if kind == Kind::GrubPair {
-                        let mut expect_after = got.clone();
-                        let boot = expect_after.boot();
-                        let copies = [
-                            std::fs::read(&files[0]).unwrap(),
-                            std::fs::read(&files[1]).unwrap(),
-                        ];
-                        grub_cases.push(GrubCase {
-                            copies,
-                            expect_slot: boot.slot,
-                            expect_after,
+                }
+                // The order of the writes: abup writes the copy that is not current first
+                // (then, for a GRUB pair, the other); GRUB's save writes its current copy.
+                let order: Vec<usize> = match (kind, changed.as_slice()) {
+                    (_, []) => {
+                        assert_eq!(new, old, "{op:?}: a change that writes nothing");
+                        continue;
+                    }
+                    (_, [f]) => vec![*f],
+                    (Kind::GrubPair, [_, _]) if !in_place => vec![1 - current, current],
+                    _ => panic!("{kind:?} {op:?} wrote {changed:?}"),
+                };
+                if in_place {
+                    assert_eq!(order, [current], "GRUB saves the copy it loaded");
+                }
+                counts.operations += 1;
+                let mut disk = before.clone();
+                for (w, &f) in order.iter().enumerate() {
+                    counts.writes += 1;
+                    // Between writes, and after the last: every write done reads as new.
+                    let judge = |disk: &[Vec<u8>], allowed: &[&State], what: &str| {
+                        for (p, bytes) in files.iter().zip(disk) {
+                            std::fs::write(p, bytes).unwrap();
+                        }
+                        let got = read_state(&board, &loc).unwrap_or_else(|e| {
+                            panic!("{kind:?} {op:?} from {start:?} ({layout:?}): {what} left no environment: {e}")
                         });
+                        assert!(
+                            allowed.contains(&&got),
+                            "{kind:?} {op:?} from {start:?} ({layout:?}): {what} left {got:?}, \
+                             expected one of {allowed:?}"
+                        );
+                        got
+                    };
+                    let start_of_write = if w == 0 { &old } else { &new };
+                    let got = judge(&disk, &[start_of_write], "a cut before the write");
+                    if w == 0 {
+                        counts.disks += 1;
+                        if kind == Kind::GrubPair {
+                            grub_cases.push(GrubCase::new(&disk, got));
+                        }
+                    }
+                    let mut allowed = vec![start_of_write, &new];
+                    let fallback = in_place
+                        .then(|| copy_state(&board, &before[1 - f]))
+                        .flatten();
+                    if let Some(other) = &fallback {
+                        allowed.push(other);
+                    }
+                    for variant in torn_variants(&before[f], &after[f]) {
+                        let mut torn = disk.clone();
+                        torn[f] = variant;
+                        let got = judge(&torn, &allowed, "a torn write");
+                        counts.disks += 1;
+                        if kind == Kind::GrubPair {
+                            grub_cases.push(GrubCase::new(&torn, got));
+                        }
+                    }
+                    disk[f] = after[f].clone();
+                    let got = judge(&disk, &[&new], "a complete write");
+                    counts.disks += 1;
+                    if kind == Kind::GrubPair {
+                        grub_cases.push(GrubCase::new(&disk, got));
                     }
                 }
-                std::fs::write(&files[f], &after[f]).unwrap();
+                for (p, bytes) in files.iter().zip(&after) {
+                    std::fs::write(p, bytes).unwrap();
+                }
             }
         }
     }
-    checked
+    counts
+}
+
+impl GrubCase {
+    fn new(copies: &[Vec<u8>], state: State) -> GrubCase {
+        let mut expect_after = state;
+        let boot = expect_after.boot();
+        GrubCase {
+            copies: [copies[0].clone(), copies[1].clone()],
+            expect_slot: boot.slot,
+            expect_after,
+        }
+    }
 }
 
 /// GRUB's own save at power-on: the selected copy rewritten in place with the try count the
@@ -339,17 +512,31 @@ fn grub_boot_save(files: &[PathBuf], board: &Board, old: &State) -> State {
 
 #[test]
 fn uboot_redundant_environment_survives_a_cut_at_every_write() {
-    let n = check_kind(Kind::UBootRedundant, &mut Vec::new());
-    eprintln!("{n} torn U-Boot environments read back as the old or the new state");
-    assert!(n > 10_000, "{n}");
+    let c = check_kind(Kind::UBootRedundant, &mut Vec::new());
+    eprintln!(
+        "U-Boot: {} operations from {} starting environments, {} writes; {} disks a cut can \
+         leave read back as judged",
+        c.operations,
+        states().len() * LAYOUTS.len(),
+        c.writes,
+        c.disks
+    );
+    assert!(c.disks > 10_000, "{c:?}");
 }
 
 #[test]
 fn grub_pair_survives_a_cut_at_every_write_and_real_grub_agrees() {
     let mut cases = Vec::new();
-    let n = check_kind(Kind::GrubPair, &mut cases);
-    eprintln!("{n} torn GRUB pairs read back as the old or the new state");
-    assert!(n > 5_000, "{n}");
+    let c = check_kind(Kind::GrubPair, &mut cases);
+    eprintln!(
+        "GRUB pair: {} operations from {} starting environments, {} writes; {} disks a cut \
+         can leave read back as judged",
+        c.operations,
+        states().len() * LAYOUTS.len(),
+        c.writes,
+        c.disks
+    );
+    assert!(c.disks > 5_000, "{c:?}");
     if !(have("grub-emu") && have("mcopy") && have("mkfs.vfat")) {
         return;
     }
@@ -392,7 +579,7 @@ fn board_for_decode() -> Board {
 }
 
 fn decode_pair(board: &Board, copies: &[Vec<u8>; 2]) -> State {
-    let t = Tmp::new();
+    let t = Tmp::in_memory();
     let paths = [t.path("0"), t.path("1")];
     for (p, c) in paths.iter().zip(copies) {
         std::fs::write(p, c).unwrap();
@@ -406,7 +593,7 @@ fn decode_pair(board: &Board, copies: &[Vec<u8>; 2]) -> State {
 /// use GRUB's default `grubenv`), the script sourced once per case. Returns per case the slot
 /// GRUB chose and the files as GRUB left them.
 fn run_grub(script: &str, names: &[&str], cases: &[Vec<Vec<u8>>]) -> Vec<(String, Vec<Vec<u8>>)> {
-    let t = Tmp::new();
+    let t = Tmp::in_memory();
     let tree = t.path("tree");
     let select = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../board-configs/grub")
@@ -429,9 +616,11 @@ fn run_grub(script: &str, names: &[&str], cases: &[Vec<Vec<u8>>]) -> Vec<(String
     cfg.push_str("echo ABUP-DONE\nhalt\n");
     std::fs::copy(&select, tree.join("select.cfg")).unwrap();
     let img = t.path("fat.img");
-    let kib = 8192 + cases.len() * names.len() * 2;
+    // FAT32 with one-sector clusters: a cluster per small file, and room for tens of
+    // thousands of them (FAT32 needs at least 65,525 clusters).
+    let kib = (8192 + cases.len() * names.len() * 2).max(40 << 10);
     run(Command::new("mkfs.vfat")
-        .args(["-C", "-s", "1", "-S", "512"])
+        .args(["-C", "-F", "32", "-s", "1", "-S", "512"])
         .arg(&img)
         .arg(kib.to_string()));
     let mut mcopy = Command::new("mcopy");
@@ -505,7 +694,7 @@ fn rauc_grub_script_matches_the_model_in_every_state() {
         Path::new("t"),
     )
     .unwrap();
-    let t = Tmp::new();
+    let t = Tmp::in_memory();
     let mut states = Vec::new();
     let mut cases = Vec::new();
     for order in ORDERS {

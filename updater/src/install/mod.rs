@@ -186,10 +186,11 @@ fn run(board: &Board, opts: &Options) -> Result<Installed> {
         hooks::run("pre-install", hook, &hook_env)?;
     }
 
-    // Step 1, one environment write: the target gets no tries, so no boot can pick it while
+    // Step 1, one environment update: the target gets no tries, so no boot can pick it while
     // it is half written. A cut before it: nothing has changed. After it: the target is out
     // of rotation, the running slot boots as before. Idempotent, so a resumed install writes
-    // nothing here.
+    // nothing here (unless the cut came between the two writes of a GRUB pair: then this
+    // completes them).
     slotstate::transition(board, &mut env, |s| s.begin_install(target, booted))
         .with_context(|| format!("marking slot {target_name} bad before writing it"))?;
 
@@ -307,7 +308,7 @@ fn run(board: &Board, opts: &Options) -> Result<Installed> {
         hooks::run("post-install", hook, &env)?;
     }
 
-    // Step 7, one environment write: the target first in the boot order with its tries. A
+    // Step 7, one environment update: the target first in the boot order with its tries. A
     // cut before it: the journal says Verified, the next run only activates. After it: the
     // next boot tries the new slot, and falls back if it never confirms.
     progress.phase("activate", 0);
