@@ -111,6 +111,7 @@ pub fn aligned_buffer(len: usize) -> Result<memmap2::MmapMut> {
 
 impl Device {
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        crate::failpoint::unsynced_write(&self.file, offset, data.len());
         self.file
             .write_all_at(data, offset)
             .with_context(|| format!("writing {} at byte {offset}", self.path.display()))?;
@@ -126,6 +127,7 @@ impl Device {
             _ => 0,
         };
         if let (Some(direct), true) = (&self.direct, direct_len > 0) {
+            crate::failpoint::unsynced_write(&self.file, offset, direct_len);
             direct
                 .write_all_at(&data[..direct_len], offset)
                 .with_context(|| format!("writing {} at byte {offset}", self.path.display()))?;
@@ -167,7 +169,9 @@ impl Device {
         }
         self.file
             .sync_data()
-            .with_context(|| format!("syncing {}", self.path.display()))
+            .with_context(|| format!("syncing {}", self.path.display()))?;
+        crate::failpoint::synced(&self.file);
+        Ok(())
     }
 
     /// Drops the device's cached pages so the next reads come from the medium: a read-back
