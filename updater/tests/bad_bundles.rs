@@ -1,6 +1,10 @@
 //! Every bundle in the bad-input corpus (scripts/gen-bad-bundles) is refused with a one-line
-//! error naming the problem and a non-zero exit status, and the running slot, the bootloader
-//! environment (so what boots next) and the running slot's state are exactly as before.
+//! error naming the problem and a non-zero exit status. A bundle refused before anything was
+//! written (exit status 4) leaves the bootloader environment, both slots and the state
+//! exactly as they were. One found bad while writing (exit status 1) leaves the running slot
+//! untouched and the target out of rotation: the device starts with the target bootable (see
+//! `Fixture::with_b_bootable`), so an install that wrote it without taking it out first would
+//! be seen.
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 mod common;
@@ -14,7 +18,7 @@ fn every_bad_bundle_is_refused_and_nothing_changes() {
     if !(common::have("python3") && common::have("openssl")) {
         return;
     }
-    let f = Fixture::new(3 << 20, "");
+    let f = Fixture::new(3 << 20, "").with_b_bootable();
     // The device has confirmed security version 3.
     std::fs::write(f.state.join("security.json"), r#"{"version":1,"floor":3}"#).unwrap();
     let corpus = f.t.path("corpus");
@@ -32,8 +36,9 @@ fn every_bad_bundle_is_refused_and_nothing_changes() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    let device = f.save();
     let env = f.env();
-    let slot_a = f.slot("A");
+    let (slot_a, slot_b) = (f.slot("A"), f.slot("B"));
     let cases = std::fs::read_to_string(corpus.join("cases.tsv")).unwrap();
     let mut n = 0;
     for line in cases.lines() {
@@ -43,19 +48,9 @@ fn every_bad_bundle_is_refused_and_nothing_changes() {
             cols.next().unwrap(),
             cols.next().unwrap(),
         );
-        // Each case is a first attempt: a journal left by an earlier case at the same signed
-        // bundle would rightly let this one resume past its damage.
-        for entry in std::fs::read_dir(&f.state).unwrap() {
-            let p = entry.unwrap().path();
-            if p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("install-")
-                || p.ends_with("install.json")
-            {
-                std::fs::remove_file(p).unwrap();
-            }
-        }
+        // Each case is a first attempt on the same device: a journal left by an earlier case
+        // at the same signed bundle would rightly let this one resume past its damage.
+        f.restore(&device);
         let r = f.abup(&["install", corpus.join(name).to_str().unwrap()]);
         let err = r.stderr_text();
         if std::env::var_os("SHOW_ERRORS").is_some() {
@@ -68,11 +63,17 @@ fn every_bad_bundle_is_refused_and_nothing_changes() {
             !word.is_empty() && err.contains(word),
             "{name}: the error should name {word:?}: {err}"
         );
-        assert_eq!(f.env(), env, "{name}: the bootloader environment changed");
         assert_eq!(f.slot("A"), slot_a, "{name}: the running slot changed");
         let s = f.status();
-        assert_eq!(s["next_boot"], "A", "{name}");
+        assert_eq!(s["slots"][0]["confirmed"], true, "{name}: {s}");
         assert_eq!(s["last_install"]["outcome"], "failed", "{name}");
+        if status == "4" {
+            assert_eq!(f.env(), env, "{name}: the bootloader environment changed");
+            assert_eq!(f.slot("B"), slot_b, "{name}: slot B was written");
+        } else {
+            assert_eq!(s["next_boot"], "A", "{name}: {s}");
+            assert_eq!(s["slots"][1]["good"], false, "{name}: B still bootable: {s}");
+        }
         n += 1;
     }
     assert!(n >= 60, "{n} cases");
