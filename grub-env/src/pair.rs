@@ -588,7 +588,10 @@ mod tests {
         assert!(!p.copies_agree(), "GRUB's save changed one copy");
         let plan = p.plan_update(&[]).unwrap();
         p.commit(plan);
-        assert!(p.copies_agree(), "an update without changes copies the current one");
+        assert!(
+            p.copies_agree(),
+            "an update without changes copies the current one"
+        );
         assert!(!pair(garbage(), Ok(with_seq("4"))).copies_agree());
     }
 }

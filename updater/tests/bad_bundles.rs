@@ -72,7 +72,10 @@ fn every_bad_bundle_is_refused_and_nothing_changes() {
             assert_eq!(f.slot("B"), slot_b, "{name}: slot B was written");
         } else {
             assert_eq!(s["next_boot"], "A", "{name}: {s}");
-            assert_eq!(s["slots"][1]["good"], false, "{name}: B still bootable: {s}");
+            assert_eq!(
+                s["slots"][1]["good"], false,
+                "{name}: B still bootable: {s}"
+            );
         }
         n += 1;
     }

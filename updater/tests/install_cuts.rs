@@ -55,7 +55,10 @@ fn check_not_active(f: &Fixture, slot_a: &[u8], what: &str) {
 fn check_not_active_in(f: &Fixture, s: &serde_json::Value, slot_a: &[u8], what: &str) {
     assert_eq!(s["next_boot"], "A", "{what}: {s}");
     assert_eq!(s["slots"][0]["confirmed"], true, "{what}: {s}");
-    assert_eq!(s["slots"][1]["good"], false, "{what}: B must be out of rotation: {s}");
+    assert_eq!(
+        s["slots"][1]["good"], false,
+        "{what}: B must be out of rotation: {s}"
+    );
     assert_eq!(f.slot("A"), slot_a, "{what}: the running slot was written");
 }
 
@@ -65,7 +68,11 @@ fn check_safe(f: &Fixture, slot_a: &[u8], what: &str) {
     let s = f.status();
     if s["next_boot"] == "B" {
         let img = image_v2();
-        assert_eq!(&f.slot("B")[..img.len()], &img[..], "{what}: B boots half-written");
+        assert_eq!(
+            &f.slot("B")[..img.len()],
+            &img[..],
+            "{what}: B boots half-written"
+        );
     } else {
         check_not_active_in(f, &s, slot_a, what);
     }

@@ -61,7 +61,12 @@ fn install_tampered(f: &Fixture, bundle: &Path, pause: usize, tamper: impl FnOnc
     loop {
         let s = std::fs::read_to_string(&stat).unwrap_or_default();
         // The state follows the command name in parentheses.
-        if s.rsplit(')').next().unwrap_or("").trim_start().starts_with('T') {
+        if s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('T')
+        {
             break;
         }
         if let Some(status) = child.try_wait().unwrap() {
@@ -70,7 +75,10 @@ fn install_tampered(f: &Fixture, bundle: &Path, pause: usize, tamper: impl FnOnc
                 std::fs::read_to_string(&err).unwrap()
             );
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "abup never paused");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "abup never paused"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     tamper();
@@ -125,7 +133,10 @@ fn a_slot_changed_before_its_read_back_fails_the_install_and_starts_over() {
     let slot_a = f.slot("A");
     // The last checkpoint of the payload: its region is synced and journalled, and not yet
     // handed to the read-back.
-    let first_block = writes.iter().rposition(|w| w.ends_with("slot-b at 0")).unwrap();
+    let first_block = writes
+        .iter()
+        .rposition(|w| w.ends_with("slot-b at 0"))
+        .unwrap();
     let last_checkpoint = writes[..first_block]
         .iter()
         .rposition(|w| w.ends_with("install.json"))
@@ -149,7 +160,10 @@ fn a_slot_changed_before_its_read_back_fails_the_install_and_starts_over() {
 fn a_first_block_changed_before_its_read_back_fails_the_install_and_resumes() {
     let (f, b, writes) = device();
     let slot_a = f.slot("A");
-    let first_block = writes.iter().rposition(|w| w.ends_with("slot-b at 0")).unwrap();
+    let first_block = writes
+        .iter()
+        .rposition(|w| w.ends_with("slot-b at 0"))
+        .unwrap();
     let out = install_tampered(&f, &b, first_block + 1, || corrupt(&f, 1500));
     check_refused(&f, &out, &slot_a, "did not read back as written");
     assert!(
