@@ -86,6 +86,17 @@ impl Board {
         }
     }
 
+    /// What the console prints once the save has finished: GRUB's next line after
+    /// `save_env`, U-Boot's "OK" after "Saving Environment to FAT...". A power cut after the
+    /// save marker and before this one came while the bootloader was saving.
+    pub fn env_saved_marker(self) -> &'static str {
+        if self.is_grub() {
+            "abup: booting slot"
+        } else {
+            "OK"
+        }
+    }
+
     /// QEMU for one power-on of `disk`. `dir` holds per-device firmware state (OVMF vars).
     pub fn qemu(self, disk: &Path, dir: &Path) -> Result<Command> {
         let mut qemu = match self {

@@ -3,7 +3,6 @@
 //! abup commands a scenario puts it through.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -249,6 +248,8 @@ pub struct Device {
     boots: usize,
     /// The test health check fails (see `set_unhealthy`).
     unhealthy: bool,
+    /// The disk as `save_disk` left it, for power cuts that must be tried again.
+    saved: PathBuf,
 }
 
 /// What one power-on showed on the console.
@@ -284,6 +285,7 @@ impl Device {
         Ok(Device {
             board,
             template,
+            saved: dir.join("disk.saved"),
             dir,
             disk,
             log,
@@ -372,7 +374,7 @@ impl Device {
     /// the U-Boot environment files copied out of the FAT partition (`host_finish` copies
     /// them back), and `slot` as the booted one. Only the arm64 board needs this: its guest
     /// cannot run abup.
-    fn host_abup(&self, slot: &str, args: &[&str]) -> Result<HostRun> {
+    fn host_abup(&self, slot: &str, args: &[&str], env: &[(&str, String)]) -> Result<HostRun> {
         let host = self.dir.join("host");
         fs::create_dir_all(host.join("state"))?;
         for name in ["uboot.env", "uboot-redund.env"] {
@@ -393,11 +395,12 @@ impl Device {
         fs::write(host.join("cmdline"), format!("abup.slot={slot}\n"))?;
         let mut abup = Command::new(artifacts::abup()?);
         abup.args(args);
-        if args.first() == Some(&"install") {
+        if args.contains(&"install") {
             abup.arg("--keyring")
                 .arg(self.template.dir.path().join("keyring"));
         }
         let child = abup
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("ABUP_CONFIG", host.join("board.toml"))
             .env("ABUP_PROC_CMDLINE", host.join("cmdline"))
             .stdout(Stdio::piped())
@@ -427,7 +430,7 @@ impl Device {
     }
 
     fn host_status(&self, slot: &str) -> Result<Value> {
-        let run = self.host_abup(slot, &["status", "--json"])?;
+        let run = self.host_abup(slot, &["status", "--json"], &[])?;
         let (out, code) = self.host_finish(run)?;
         ensure!(code == 0, "abup status on the host exited {code}: {out}");
         let json = out.lines().find(|l| l.starts_with('{')).unwrap_or("");
@@ -441,43 +444,231 @@ impl Device {
             return boot.vm.shell(&format!("abup {args} 2>&1"), INSTALL_TIMEOUT);
         }
         let argv: Vec<&str> = args.split_whitespace().collect();
-        let run = self.host_abup(&boot.slot, &argv)?;
+        let run = self.host_abup(&boot.slot, &argv, &[])?;
         self.host_finish(run)
     }
 
-    /// `abup install --progress json SOURCE`, cut by a power cut once the written bytes pass
-    /// `fraction` of the image (from 1 to 2: that fraction minus 1 of the read-back
-    /// check). Returns the last progress phase seen.
-    pub fn install_cut(&self, boot: &mut Boot, source: &str, fraction: f64) -> Result<String> {
-        let command = format!("install --progress json {source}");
-        // Progress lines are JSON objects with sorted keys.
-        const START: &str = "{\"done\":";
-        if self.board.guest_runs_abup() {
-            boot.vm.send(&format!("abup {command}"))?;
-            loop {
-                boot.vm.expect(START, INSTALL_TIMEOUT)?;
-                let line = format!("{START}{}", boot.vm.expect("\n", Duration::from_secs(30))?);
-                if let Some(phase) = progress_passed(&line, fraction) {
-                    boot.vm.kill();
-                    return Ok(phase);
+    /// Keeps a copy of the disk as it is now (the device powered off), and of the state
+    /// directory the host side keeps for the arm64 board, so that a power cut that lands
+    /// somewhere else than aimed can be tried again from the same state.
+    pub fn save_disk(&self) -> Result<()> {
+        run(Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&self.disk)
+            .arg(&self.saved))?;
+        let (state, saved) = self.host_state();
+        let _ = fs::remove_dir_all(&saved);
+        if state.exists() {
+            run(Command::new("cp").arg("-a").arg(&state).arg(&saved))?;
+        }
+        Ok(())
+    }
+
+    fn restore_disk(&self) -> Result<()> {
+        run(Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&self.saved)
+            .arg(&self.disk))?;
+        let (state, saved) = self.host_state();
+        let _ = fs::remove_dir_all(&state);
+        if saved.exists() {
+            run(Command::new("cp").arg("-a").arg(&saved).arg(&state))?;
+        }
+        Ok(())
+    }
+
+    /// The host side's state directory (arm64 only) and where `save_disk` keeps its copy.
+    fn host_state(&self) -> (PathBuf, PathBuf) {
+        let host = self.dir.join("host");
+        (host.join("state"), host.join("state.saved"))
+    }
+
+    /// `abup install --progress json SOURCE`, cut by a power cut at a random point of the
+    /// phase `aim` names. Whether it landed there is told by the last progress line printed
+    /// before the power went (read to the end of the console after the cut): that phase, not
+    /// yet finished. When it landed elsewhere the disk is put back as [`Device::save_disk`]
+    /// left it (on the guest boards before the boot that `boot` is) and the device tries
+    /// again, booting anew and running the abup commands `redo` (what the test ran in `boot`
+    /// before); `boot` is then the boot the cut install ran in.
+    pub fn cut_install(
+        &mut self,
+        boot: &mut Boot,
+        redo: &[&str],
+        source: &str,
+        aim: Aim,
+        rng: &mut impl FnMut(f64, f64) -> f64,
+    ) -> Result<Cut> {
+        if !self.board.guest_runs_abup() {
+            return self.cut_host_install(boot, source, aim, rng);
+        }
+        for attempt in 1..=CUT_ATTEMPTS {
+            if attempt > 1 {
+                self.restore_disk()?;
+                *boot = self.boot()?;
+                for args in redo {
+                    let (out, code) = self.abup(boot, args)?;
+                    ensure!(code == 0, "abup {args} exited {code}: {out}");
                 }
             }
-        }
-        let argv: Vec<&str> = command.split_whitespace().collect();
-        let mut run = self.host_abup(&boot.slot, &argv)?;
-        let stdout = run.child.stdout.take().context("abup stdout")?;
-        let mut last = String::new();
-        for line in BufReader::new(stdout).lines() {
-            let line = line?;
-            if let Some(phase) = progress_passed(&line, fraction) {
-                // A power cut of the host-side install: SIGKILL, nothing flushed by abup.
-                let _ = run.child.kill();
-                last = phase;
-                break;
+            let fraction = rng(0.05, 0.95);
+            let last = self.install_until(boot, source, aim, fraction)?;
+            let landed = last.as_ref().is_some_and(|p| p.inside(aim));
+            let cut = Cut {
+                aim: format!("the install's {} at {:.0}%", aim.what(), fraction * 100.0),
+                attempt,
+                landed: last.map_or("before any progress".into(), |p| p.to_string()),
+            };
+            eprintln!("{}: {cut}", self.board.name());
+            if landed {
+                return Ok(cut);
             }
         }
-        self.host_finish(run)?;
-        Ok(last)
+        bail!(
+            "{CUT_ATTEMPTS} power cuts aimed at the install's {} all landed elsewhere",
+            aim.what()
+        )
+    }
+
+    /// Runs the install in the guest until its progress passes `fraction` of `aim`'s phase
+    /// (or a later phase starts), cuts the power, and returns the last progress line the
+    /// console printed before it.
+    fn install_until(
+        &self,
+        boot: &mut Boot,
+        source: &str,
+        aim: Aim,
+        fraction: f64,
+    ) -> Result<Option<Progress>> {
+        // Progress lines are JSON objects with sorted keys.
+        const START: &str = "{\"done\":";
+        boot.vm
+            .send(&format!("abup install --progress json {source}"))?;
+        loop {
+            boot.vm.expect(START, INSTALL_TIMEOUT)?;
+            let line = format!("{START}{}", boot.vm.expect("\n", Duration::from_secs(30))?);
+            let Some(progress) = Progress::parse(&line) else {
+                continue;
+            };
+            if progress.passed(aim, fraction) {
+                boot.vm.kill();
+                let rest = boot.vm.rest()?;
+                return Ok(rest
+                    .lines()
+                    .rev()
+                    .find_map(|l| l.find(START).and_then(|at| Progress::parse(&l[at..])))
+                    .or(Some(progress)));
+            }
+        }
+    }
+
+    /// The arm64 board's cut: abup runs on the host, where killing it would not lose what
+    /// the host's page cache holds, and comes too late to land anywhere in particular (the
+    /// host writes a slot in a fraction of a second). So the install is cut by abup's own
+    /// fault injection (`ABUP_CUT_AFTER_WRITES`, a test build's switch): it stops after a
+    /// chosen write and first puts back everything written since the last sync, as a power
+    /// cut would lose it. The write is chosen at random among the slot writes for
+    /// `Aim::Write`; for `Aim::ReadBack` it is the last checkpoint before the first block,
+    /// when the last region is synced but not yet read back. A full run, undone afterwards,
+    /// tells which writes the install makes.
+    fn cut_host_install(
+        &mut self,
+        boot: &mut Boot,
+        source: &str,
+        aim: Aim,
+        rng: &mut impl FnMut(f64, f64) -> f64,
+    ) -> Result<Cut> {
+        self.save_disk()?;
+        let argv = ["-vv", "install", "--progress", "none", source];
+        let run = self.host_abup(&boot.slot, &argv, &[])?;
+        let (out, code) = self.host_finish(run)?;
+        ensure!(
+            code == 0,
+            "the host install to count its writes exited {code}: {out}"
+        );
+        self.restore_disk()?;
+        let writes: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.split("durable write ").nth(1))
+            .filter_map(|w| w.split_once(": ").map(|(_, what)| what))
+            .collect();
+        let slot_device = |w: &str| w.starts_with("/dev/loop");
+        let first_block = writes
+            .iter()
+            .rposition(|w| slot_device(w) && w.ends_with(" at 0"))
+            .context("the install wrote no first block")?;
+        let n = match aim {
+            Aim::Write => {
+                let slot_writes: Vec<usize> = (0..first_block)
+                    .filter(|&i| slot_device(writes[i]) && !writes[i].ends_with(" at 0"))
+                    .collect();
+                ensure!(!slot_writes.is_empty(), "no slot writes: {out}");
+                slot_writes
+                    [(rng(0.0, slot_writes.len() as f64) as usize).min(slot_writes.len() - 1)]
+            }
+            Aim::ReadBack => writes[..first_block]
+                .iter()
+                .rposition(|w| w.ends_with("install.json"))
+                .context("no journal checkpoint before the first block")?,
+        } + 1;
+        let run = self.host_abup(
+            &boot.slot,
+            &argv,
+            &[("ABUP_CUT_AFTER_WRITES", n.to_string())],
+        )?;
+        let (out, code) = self.host_finish(run)?;
+        let said = out
+            .lines()
+            .find(|l| l.contains("for a fault-injection test"))
+            .with_context(|| format!("the install was not cut (exit {code}): {out}"))?;
+        let cut = Cut {
+            aim: format!(
+                "the install's {} (write {n} of {})",
+                aim.what(),
+                writes.len()
+            ),
+            attempt: 1,
+            landed: said.trim().to_string(),
+        };
+        eprintln!("{}: {cut}", self.board.name());
+        Ok(cut)
+    }
+
+    /// Powers on and cuts the power while the bootloader saves its counted try: after the
+    /// line it prints just before the save and before the one it prints once the save is
+    /// done. The cut comes a random delay after the first line; when the console shows it
+    /// came after the save, the disk is put back and the device tries again with shorter
+    /// delays.
+    pub fn cut_env_save(&mut self, rng: &mut impl FnMut(f64, f64) -> f64) -> Result<Cut> {
+        self.save_disk()?;
+        let (before, after) = (self.board.env_save_marker(), self.board.env_saved_marker());
+        let mut longest_ms = 4.0;
+        for attempt in 1..=CUT_ATTEMPTS {
+            if attempt > 1 {
+                self.restore_disk()?;
+            }
+            let mut vm = self.power_on()?;
+            vm.expect(before, BOOT_TIMEOUT)?;
+            let delay_ms = rng(0.0, longest_ms);
+            std::thread::sleep(Duration::from_secs_f64(delay_ms / 1000.0));
+            vm.kill();
+            let rest = vm.rest()?;
+            let landed = !rest.contains(after);
+            let cut = Cut {
+                aim: format!("{delay_ms:.2} ms after \"{before}\""),
+                attempt,
+                landed: if landed {
+                    format!("in the save (no \"{after}\" followed)")
+                } else {
+                    format!("after the save: {:?}", rest.trim())
+                },
+            };
+            eprintln!("{}: {cut}", self.board.name());
+            if landed {
+                return Ok(cut);
+            }
+            longest_ms /= 2.0;
+        }
+        bail!("{CUT_ATTEMPTS} power cuts aimed at the bootloader's environment save all came after it")
     }
 
     /// Makes the test health check fail from now on (a flag on the data partition), so the
@@ -551,26 +742,106 @@ pub fn shutdown(vm: &mut Vm) -> Result<()> {
     vm.wait_exit(Duration::from_secs(60))
 }
 
-/// The phase of a `--progress json` line if it is past `fraction` of the write (or in a
-/// phase after the write).
-fn progress_passed(line: &str, fraction: f64) -> Option<String> {
-    let v: Value = serde_json::from_str(line.trim()).ok()?;
-    let phase = v["phase"].as_str()?.to_string();
-    let passed = match phase.as_str() {
-        // Fractions up to 1 cut the write, from 1 to 2 the read-back check.
-        "write" | "check" => {
-            let total = v["total"].as_f64().filter(|t| *t > 0.0)?;
-            let done = v["done"].as_f64()? / total;
-            if phase == "write" {
-                fraction <= 1.0 && done >= fraction
-            } else {
-                done >= fraction - 1.0
+/// How often a power cut is tried again when it lands somewhere else than aimed.
+const CUT_ATTEMPTS: usize = 8;
+
+/// Where a power cut is aimed in an install.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aim {
+    /// While the slot is being written.
+    Write,
+    /// While the written slot is read back and hashed: the read-back follows the writing
+    /// from checkpoint to checkpoint, then finishes in the `check` phase.
+    ReadBack,
+}
+
+impl Aim {
+    fn what(self) -> &'static str {
+        match self {
+            Aim::Write => "write",
+            Aim::ReadBack => "read-back",
+        }
+    }
+}
+
+/// One power cut, as the test log shows it.
+#[derive(Debug)]
+pub struct Cut {
+    /// Where it was aimed.
+    pub aim: String,
+    /// The attempt that landed (1 when the first did).
+    pub attempt: usize,
+    /// Where the console says it landed.
+    pub landed: String,
+}
+
+impl std::fmt::Display for Cut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "power cut aimed at {}, attempt {}: landed {}",
+            self.aim, self.attempt, self.landed
+        )
+    }
+}
+
+/// One `--progress json` line of an install.
+#[derive(Debug, Clone, PartialEq)]
+struct Progress {
+    phase: String,
+    done: u64,
+    total: u64,
+    /// Bytes read back from the disk and hashed so far (during the write too).
+    verified: u64,
+}
+
+impl Progress {
+    fn parse(line: &str) -> Option<Progress> {
+        let v: Value = serde_json::from_str(line.trim()).ok()?;
+        Some(Progress {
+            phase: v["phase"].as_str()?.to_string(),
+            done: v["done"].as_u64()?,
+            total: v["total"].as_u64()?,
+            verified: v["verified"].as_u64()?,
+        })
+    }
+
+    /// Whether the install has come `fraction` of the way through what `aim` names, or past
+    /// it: the bytes written, or the bytes read back.
+    fn passed(&self, aim: Aim, fraction: f64) -> bool {
+        let (here, end) = match aim {
+            Aim::Write if self.phase == "write" => (self.done, self.total),
+            Aim::ReadBack if matches!(self.phase.as_str(), "write" | "check") => {
+                (self.verified, self.total)
+            }
+            _ => return self.phase != "verify",
+        };
+        end > 0 && here as f64 >= fraction * end as f64
+    }
+
+    /// Whether an install cut right after this line was cut where `aim` says: writing and
+    /// not done writing, or reading back (the read-back overlaps the writing) and not done
+    /// reading back.
+    fn inside(&self, aim: Aim) -> bool {
+        match aim {
+            Aim::Write => self.phase == "write" && self.done < self.total,
+            Aim::ReadBack => {
+                matches!(self.phase.as_str(), "write" | "check")
+                    && self.verified > 0
+                    && self.verified < self.total
             }
         }
-        "hook" | "activate" => true,
-        _ => false,
-    };
-    passed.then_some(phase)
+    }
+}
+
+impl std::fmt::Display for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "in the install's {} phase, {} of {} bytes written, {} read back",
+            self.phase, self.done, self.total, self.verified
+        )
+    }
 }
 
 /// A host-side abup command and the loop devices it runs on, detached when it ends.

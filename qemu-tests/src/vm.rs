@@ -142,6 +142,27 @@ impl Vm {
         }
     }
 
+    /// After a power cut: what the console printed after the cursor until QEMU died, read to
+    /// the end of its output, so a test can tell where the guest was when the power went.
+    pub fn rest(&mut self) -> Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (lock, cvar) = &*self.console;
+        let mut console = lock.lock().map_err(|_| anyhow!("console lock poisoned"))?;
+        while !console.exited {
+            let now = Instant::now();
+            if now >= deadline {
+                bail!("QEMU's console did not end after the power cut");
+            }
+            console = cvar
+                .wait_timeout(console, deadline - now)
+                .map_err(|_| anyhow!("console lock poisoned"))?
+                .0;
+        }
+        let rest = console.text[self.cursor.min(console.text.len())..].to_string();
+        self.cursor = console.text.len();
+        Ok(rest)
+    }
+
     /// Types `line` at the guest's shell.
     pub fn send(&mut self, line: &str) -> Result<()> {
         let stdin = self.stdin.as_mut().context("QEMU stdin closed")?;

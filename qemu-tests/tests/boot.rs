@@ -7,11 +7,11 @@
 //! `cargo test -p qemu-tests --test boot grub_bios::update -- --exact` and watch it with
 //! `tail -f` on that log. Random cut points come from `ABUP_QEMU_SEED` (printed when unset).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{ensure, Result};
 use qemu_tests::board::{Board, TRIES};
-use qemu_tests::device::{Boot, Device, BUNDLE_NO_KERNEL, BUNDLE_PANIC, BUNDLE_V2};
+use qemu_tests::device::{Aim, Boot, Device, BUNDLE_NO_KERNEL, BUNDLE_PANIC, BUNDLE_V2};
 use qemu_tests::rootfs::Defect;
 use serde_json::Value;
 
@@ -68,13 +68,19 @@ fn install(dev: &Device, boot: &mut Boot, bundle: &str) -> Result<()> {
 }
 
 /// The update path with every interruption a device meets: first boot of A; QEMU killed
-/// during the install's write and during its read-back check (each time A boots and the
-/// install is not active); the same install resumes and completes; QEMU killed twice while
-/// the bootloader saves its counted try; B boots, its boot-success service confirms it, it
-/// stays with its tries restored; `mark-active other` brings A back.
+/// during the install's write and during its read-back check (each time A boots and B is not
+/// active); the same install resumes and completes; QEMU killed twice while the bootloader
+/// saves its counted try; B boots, its boot-success service confirms it, it stays with its
+/// tries restored. Then `mark-active other` puts A, still bootable, first, and an install
+/// into A is cut while it writes: the next boot must be B, not the half-written A, so the
+/// install took A out of rotation before writing it; the install resumes and A boots it.
+/// Every cut is retried from the same disk until the console shows it landed where aimed.
 fn update(board: Board) -> Result<()> {
     let mut rng = Rng::new(&format!("{} update", board.name()));
+    let mut rng = move |lo, hi| rng.range(lo, hi);
     let mut dev = Device::new(board, "update")?;
+    let v2 = dev.bundle(BUNDLE_V2);
+    dev.save_disk()?;
     let mut boot = dev.boot()?;
     ensure!(
         boot.slot == "A" && boot.version == "1.0",
@@ -87,20 +93,18 @@ fn update(board: Board) -> Result<()> {
         boot.status
     );
 
-    for fraction in [rng.range(0.05, 0.95), rng.range(1.05, 1.95)] {
-        let phase = dev.install_cut(&mut boot, &dev.bundle(BUNDLE_V2), fraction)?;
-        eprintln!("{}: power cut at {fraction:.2} ({phase})", board.name());
+    for aim in [Aim::Write, Aim::ReadBack] {
+        dev.cut_install(&mut boot, &[], &v2, aim, &mut rng)?;
+        dev.save_disk()?;
         boot = dev.boot()?;
         ensure!(
             boot.slot == "A" && boot.version == "1.0",
             "after a cut: {boot:?}"
         );
         check_status(&boot.status, "A", "A")?;
+        ensure!(slot(&boot.status, "B")["good"] == false, "{}", boot.status);
     }
-    let (out, code) = dev.abup(
-        &mut boot,
-        &format!("install --progress none {}", dev.bundle(BUNDLE_V2)),
-    )?;
+    let (out, code) = dev.abup(&mut boot, &format!("install --progress none {v2}"))?;
     ensure!(code == 0, "the resumed install exited {code}:\n{out}");
     ensure!(
         out.contains("(resumed)"),
@@ -114,10 +118,7 @@ fn update(board: Board) -> Result<()> {
 
     // B has TRIES tries; two cuts use at most two of them.
     for _ in 0..2 {
-        let mut vm = dev.power_on()?;
-        vm.expect(board.env_save_marker(), qemu_tests::device::BOOT_TIMEOUT)?;
-        std::thread::sleep(Duration::from_millis(rng.range(0.0, 400.0) as u64));
-        vm.kill();
+        dev.cut_env_save(&mut rng)?;
     }
 
     let status = dev.boot_expecting("B", "2.0")?;
@@ -133,6 +134,7 @@ fn update(board: Board) -> Result<()> {
         "A must stay a fallback: {status}"
     );
 
+    dev.save_disk()?;
     let mut boot = dev.boot()?;
     ensure!(
         boot.slot == "B" && boot.version == "2.0",
@@ -146,8 +148,21 @@ fn update(board: Board) -> Result<()> {
     let (out, code) = dev.abup(&mut boot, "mark-active other")?;
     ensure!(code == 0, "mark-active other exited {code}: {out}");
     check_status(&dev.status(&mut boot)?, "B", "A")?;
+
+    // A is first and bootable; an install into it must take it out of rotation first.
+    dev.cut_install(&mut boot, &["mark-active other"], &v2, Aim::Write, &mut rng)?;
+    let mut boot = dev.boot()?;
+    ensure!(
+        boot.slot == "B" && boot.version == "2.0",
+        "a cut while A was written must boot B: {boot:?}"
+    );
+    check_status(&boot.status, "B", "B")?;
+    ensure!(slot(&boot.status, "A")["good"] == false, "{}", boot.status);
+    let (out, code) = dev.abup(&mut boot, &format!("install --progress none {v2}"))?;
+    ensure!(code == 0, "the install into A exited {code}:\n{out}");
+    check_status(&dev.status(&mut boot)?, "B", "A")?;
     dev.shutdown(&mut boot)?;
-    let status = dev.boot_expecting("A", "1.0")?;
+    let status = dev.boot_expecting("A", "2.0")?;
     check_status(&status, "A", "A")?;
     Ok(())
 }

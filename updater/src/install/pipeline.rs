@@ -207,6 +207,7 @@ pub fn write_payload(
             &mut checkpoint,
             &mut |n| {
                 done += n;
+                progress.verified(verified.load(Ordering::Relaxed));
                 progress.set(done);
             },
         );
@@ -216,9 +217,12 @@ pub fn write_payload(
         if written.is_ok() {
             progress.phase("check", total);
             while !verifier.is_finished() {
-                progress.set(verified.load(Ordering::Relaxed));
+                let v = verified.load(Ordering::Relaxed);
+                progress.verified(v);
+                progress.set(v);
                 std::thread::sleep(Duration::from_millis(100));
             }
+            progress.verified(verified.load(Ordering::Relaxed));
             progress.set(total);
         }
         let checked = verifier

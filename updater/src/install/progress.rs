@@ -21,6 +21,9 @@ pub struct Progress {
     out: Out,
     phase: &'static str,
     total: u64,
+    /// Bytes of the slot read back from the disk and hashed so far: the read-back overlaps
+    /// the write, so `write` lines carry it too.
+    verified: u64,
     last_json: Option<Instant>,
 }
 
@@ -47,6 +50,7 @@ impl Progress {
             out,
             phase: "",
             total: 0,
+            verified: 0,
             last_json: None,
         }
     }
@@ -80,6 +84,7 @@ impl Progress {
                     self.last_json = Some(Instant::now());
                     let line = serde_json::json!({
                         "version": 1, "phase": self.phase, "done": done, "total": self.total,
+                        "verified": self.verified,
                     });
                     let mut out = std::io::stdout().lock();
                     let _ = writeln!(out, "{line}");
@@ -87,6 +92,11 @@ impl Progress {
                 }
             }
         }
+    }
+
+    /// How far the read-back has come; shown with the next line.
+    pub fn verified(&mut self, bytes: u64) {
+        self.verified = bytes;
     }
 
     pub fn finish(&mut self) {
