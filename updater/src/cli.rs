@@ -227,7 +227,9 @@ pub struct InstallArgs {
     pub slot: Option<String>,
 
     /// Progress reports: a bar on a terminal, or one JSON object a line on standard output
-    /// (`{"version":1,"phase":...,"done":...,"total":...}`) for OTA agents.
+    /// (`{"version":1,"phase":...,"done":...,"total":...,"verified":...}`: bytes written,
+    /// or read back in the `check` phase, of `total`; `verified`, the bytes read back so far,
+    /// which overlaps the writing) for OTA agents.
     #[arg(long, value_enum, default_value_t = crate::install::ProgressMode::Auto)]
     pub progress: crate::install::ProgressMode,
 
