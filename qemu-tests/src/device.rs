@@ -324,6 +324,11 @@ impl Device {
             Value::Null
         };
         vm.expect(rootfs::READY, BOOT_TIMEOUT)?;
+        eprintln!(
+            "{}: booted slot {slot} and reported in {:.1} s",
+            self.board.name(),
+            vm.elapsed().as_secs_f64()
+        );
         let mut boot = Boot {
             vm,
             slot,
