@@ -13,7 +13,7 @@
 mod common;
 
 use common::fixture::{image, Fixture};
-use common::Output;
+use common::{durable_writes, Output};
 
 const SLOT: u64 = 2 << 20;
 
@@ -26,15 +26,6 @@ fn device() -> (Fixture, std::path::PathBuf) {
     let f = Fixture::in_memory(SLOT, "").with_b_bootable();
     let b = f.bundle("b.abup", &image_v2(), "2.0", 1);
     (f, b)
-}
-
-/// The durable writes of an install, in order, as `-vv` names them.
-fn writes(out: &Output) -> Vec<String> {
-    out.stderr_text()
-        .lines()
-        .filter_map(|l| l.split("durable write ").nth(1))
-        .map(|w| w.split_once(": ").unwrap().1.to_owned())
-        .collect()
 }
 
 fn install(f: &Fixture, bundle: &std::path::Path, cut: Option<usize>) -> Output {
@@ -97,7 +88,7 @@ fn a_cut_after_any_write_boots_the_old_slot_and_a_rerun_completes() {
     let clean = f.save();
     let full = install(&f, &b, None);
     full.success();
-    let writes = writes(&full);
+    let writes = durable_writes(&full);
     // The activation is the last environment update: two writes on a GRUB pair, and the
     // first already makes B the next boot.
     let env_writes: Vec<usize> = (0..writes.len())

@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::fixture::{image, Fixture};
-use common::Output;
+use common::{durable_writes, Output};
 
 const SLOT: u64 = 2 << 20;
 
@@ -31,12 +31,7 @@ fn device() -> (Fixture, std::path::PathBuf, Vec<String>) {
     let clean = f.save();
     let out = f.abup(&["-vv", "install", b.to_str().unwrap()]);
     out.success();
-    let writes = out
-        .stderr_text()
-        .lines()
-        .filter_map(|l| l.split("durable write ").nth(1))
-        .map(|w| w.split_once(": ").unwrap().1.to_owned())
-        .collect();
+    let writes = durable_writes(&out);
     f.restore(&clean);
     (f, b, writes)
 }

@@ -30,6 +30,16 @@ impl Output {
     }
 }
 
+/// The durable writes of an abup run with `-vv`, in order, as it names them (the file or
+/// device, and for a device the offset): the numbers fault-injection tests cut or pause at.
+pub fn durable_writes(out: &Output) -> Vec<String> {
+    out.stderr_text()
+        .lines()
+        .filter_map(|l| l.split("durable write ").nth(1))
+        .map(|w| w.split_once(": ").unwrap().1.to_owned())
+        .collect()
+}
+
 pub fn abup(args: &[&str]) -> Output {
     abup_with(args, &[])
 }
