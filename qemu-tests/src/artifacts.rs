@@ -170,9 +170,11 @@ pub fn abup() -> Result<PathBuf> {
         .unwrap_or_else(|| workspace().join("target"));
     let bin = target.join("debug/abup");
     if !*built {
-        // Usually already built by the same `cargo test`; then this returns at once.
+        // Usually already built by the same `cargo test` (with the same features: the arm64
+        // board's install cuts use abup's fault injection); then this returns at once.
         run(Command::new(env!("CARGO"))
             .args(["build", "--quiet", "-p", "abup", "--bin", "abup"])
+            .args(["--features", "fault-injection"])
             .current_dir(workspace()))?;
         *built = true;
     }

@@ -3,6 +3,7 @@
 //! (`board-configs/<board>/board.toml`), installed on the device as `/etc/abup/board.toml`.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use bootcount::{Scheme, Slots};
@@ -12,8 +13,9 @@ use serde::Deserialize;
 pub const DEFAULT_PATH: &str = "/etc/abup/board.toml";
 
 /// Where abup keeps what must survive updates (install journal, installed bundle versions,
-/// the security version floor): it must be on a partition that is in neither slot.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/abup";
+/// the security version floor): on the data partition, mounted at /data as on the shipped
+/// boards, never in a slot (`/var/lib` would be inside the root filesystem a slot holds).
+pub const DEFAULT_STATE_DIR: &str = "/data/abup";
 
 /// Public keys that may sign bundles, one PEM file each.
 pub const DEFAULT_KEYRING: &str = "/etc/abup/keyring";
@@ -33,9 +35,15 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error(
-        "board configuration {path} is {size} bytes, more than the {MAX_SIZE} a board file can be"
+        "board configuration {path} is too large: more than the {MAX_SIZE} bytes a board file \
+         can be; check ABUP_CONFIG or --config"
     )]
-    TooLarge { path: PathBuf, size: u64 },
+    TooLarge { path: PathBuf },
+    #[error("board configuration {path} is not UTF-8 text: {source}")]
+    NotText {
+        path: PathBuf,
+        source: std::string::FromUtf8Error,
+    },
     #[error("board configuration {path}: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("board configuration {path}: {message}")]
@@ -166,21 +174,29 @@ struct SlotSection {
 const DEFAULT_TRIES: u8 = 3;
 
 impl Board {
-    /// Reads and validates a board file, refusing anything larger than [`MAX_SIZE`] before
-    /// reading it.
+    /// Reads and validates a board file, refusing anything larger than [`MAX_SIZE`]. The limit
+    /// holds while reading (at most one byte more is read), not by the size the file claims
+    /// beforehand: a file that grows meanwhile, or `/dev/zero`, would defeat that.
     pub fn load(path: &Path) -> Result<Board, Error> {
         let read_err = |source| Error::Read {
             path: path.to_owned(),
             source,
         };
-        let size = std::fs::metadata(path).map_err(read_err)?.len();
-        if size > MAX_SIZE {
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .map_err(read_err)?
+            .take(MAX_SIZE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read_err)?;
+        if bytes.len() as u64 > MAX_SIZE {
             return Err(Error::TooLarge {
                 path: path.to_owned(),
-                size,
             });
         }
-        let text = std::fs::read_to_string(path).map_err(read_err)?;
+        let text = String::from_utf8(bytes).map_err(|source| Error::NotText {
+            path: path.to_owned(),
+            source,
+        })?;
         Board::parse(&text, path)
     }
 
@@ -471,11 +487,28 @@ device = "/dev/b"
     }
 
     #[test]
-    fn too_large_is_refused_before_reading() {
+    fn too_large_is_refused_while_reading() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("board.toml");
         std::fs::write(&p, vec![b'#'; MAX_SIZE as usize + 1]).unwrap();
         assert!(matches!(Board::load(&p), Err(Error::TooLarge { .. })));
+        // A file with no size of its own, and no end.
+        match Board::load(Path::new("/dev/zero")) {
+            Err(e @ Error::TooLarge { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("/dev/zero") && msg.contains("too large"),
+                    "{msg}"
+                );
+                assert!(!msg.contains('\n'), "{msg}");
+            }
+            r => panic!("{r:?}"),
+        }
+        // At the limit: read, then parsed (a comment is a valid, if empty, TOML document).
+        std::fs::write(&p, vec![b'#'; MAX_SIZE as usize]).unwrap();
+        assert!(matches!(Board::load(&p), Err(Error::Syntax { .. })));
+        std::fs::write(&p, b"name = \"\xff\"").unwrap();
+        assert!(matches!(Board::load(&p), Err(Error::NotText { .. })));
     }
 
     proptest::proptest! {

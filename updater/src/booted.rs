@@ -2,6 +2,7 @@
 //! sources are tried from the most to the least explicit, and a source that names something
 //! that is not a slot is an error rather than a guess.
 
+use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,32 @@ pub fn cmdline_path() -> PathBuf {
     std::env::var_os("ABUP_PROC_CMDLINE")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/proc/cmdline"))
+}
+
+/// The longest kernel command line read. The kernel's own limit is 2 to 4 KiB
+/// (`COMMAND_LINE_SIZE`), a bootconfig adds at most 32 KiB; a longer file is not a command line.
+pub const MAX_CMDLINE_LEN: u64 = 64 * 1024;
+
+/// Reads the kernel command line from [`cmdline_path`], at most [`MAX_CMDLINE_LEN`] bytes (the
+/// limit holds while reading, so `/dev/zero` or a growing file cannot exhaust memory). Bytes
+/// that are not UTF-8 become U+FFFD: they cannot be part of `abup.slot=` or a slot device's
+/// path, and must not stop abup from reading the rest.
+pub fn read_cmdline() -> Result<String, Error> {
+    let path = cmdline_path();
+    let read_err = |source| Error::Cmdline {
+        path: path.clone(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(&path)
+        .map_err(read_err)?
+        .take(MAX_CMDLINE_LEN + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_CMDLINE_LEN {
+        return Err(Error::CmdlineTooLong { path });
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// How the booted slot was found, for `abup status`.
@@ -39,6 +66,13 @@ impl Method {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("cannot read the kernel command line from {path}: {source}")]
+    Cmdline {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the kernel command line {path} is larger than {MAX_CMDLINE_LEN} bytes: it is not a kernel command line (check ABUP_PROC_CMDLINE)")]
+    CmdlineTooLong { path: PathBuf },
     #[error("the kernel command line says abup.slot={0}, but the board has no slot of that name")]
     UnknownSlot(String),
     #[error(

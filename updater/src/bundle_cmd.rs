@@ -1,7 +1,7 @@
 //! `abup keygen` and `abup bundle create | info | verify`: the build-host side of bundles.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Write};
+use std::io::{BufReader, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -89,6 +89,18 @@ fn default_created(paths: &[PathBuf]) -> Result<u64> {
 }
 
 fn create(args: CreateArgs) -> Result<Outcome> {
+    // The format allows chunks up to MAX_CHUNK_SIZE, but no device running this abup installs
+    // more than MAX_INSTALL_CHUNK_SIZE (its memory budget): such a bundle would be refused by
+    // every device, so it is refused here, before hours of compression.
+    if args.chunk_size > bundle::MAX_INSTALL_CHUNK_SIZE {
+        bail!(
+            "--chunk-size {} is more than the {} bytes a device installs (an install holds a \
+             dozen chunks in memory at once): every device would refuse the bundle; use {} or less",
+            args.chunk_size,
+            bundle::MAX_INSTALL_CHUNK_SIZE,
+            bundle::MAX_INSTALL_CHUNK_SIZE
+        );
+    }
     let mut named: Vec<(String, PathBuf)> = Vec::new();
     for spec in &args.images {
         let (class, path) = match spec.split_once('=') {
@@ -168,17 +180,20 @@ fn create(args: CreateArgs) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
+/// Reads a small text file, refusing one larger than `max` bytes: the limit holds while
+/// reading, whatever size the file claims.
 fn read_bounded(path: &Path, max: u64) -> Result<String> {
-    let len = std::fs::metadata(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .len();
-    if len > max {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|f| f.take(max + 1).read_to_end(&mut bytes))
+        .with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() as u64 > max {
         bail!(
-            "{} is {len} bytes, larger than a key file can be",
+            "{} is larger than {max} bytes, larger than a key file can be",
             path.display()
         );
     }
-    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    String::from_utf8(bytes).with_context(|| format!("{} is not a PEM key", path.display()))
 }
 
 fn open_bundle(path: &Path) -> Result<BufReader<File>> {

@@ -72,7 +72,10 @@ pub enum Command {
         Run it from a boot-success service on every boot, once the system is known to work: \
         the bootloader uses up one try per boot, and mark-good gives them back. A slot whose \
         tries run out without a mark-good is abandoned for the next slot in the boot order. \
-        One environment write."
+        It also raises the security floor to the security version of the slot's bundle: slots \
+        holding older bundles lose their tries in the same environment update, and installs \
+        below the floor are refused. Refused for a slot below the floor and for the slot an \
+        unfinished install is writing. One environment update."
     )]
     MarkGood(SlotArg),
 
@@ -80,7 +83,7 @@ pub enum Command {
     #[command(
         long_about = "Take a slot out of rotation: the bootloader will not boot it.\n\n\
         Marking the booted slot bad makes the next boot start the other slot, if that one is \
-        good. One environment write."
+        good. One environment update."
     )]
     MarkBad(SlotArg),
 
@@ -89,7 +92,8 @@ pub enum Command {
         long_about = "Make a slot the next to boot, with a full set of tries.\n\n\
         The slot goes first in the boot order; it still has to be confirmed by mark-good after \
         it boots, or the bootloader falls back when its tries run out. `mark-active other` \
-        switches to the other slot. One environment write."
+        switches to the other slot. Refused for a slot below the security floor and for the slot \
+        an unfinished install is writing. One environment update."
     )]
     MarkActive(SlotArg),
 
@@ -132,6 +136,22 @@ pub enum Command {
     /// Write man pages or shell completions generated from this command line.
     #[command(subcommand)]
     Generate(GenerateOp),
+
+    /// Show the security floor, or raise it deliberately.
+    #[command(long_about = "Show the security floor, or raise it deliberately.\n\n\
+        The floor is the lowest bundle security version this device installs or boots. \
+        mark-good raises it to the confirmed slot's security version; it never goes down. It \
+        is kept in the state directory and in the bootloader variable ABUP_SECURITY_FLOOR, and \
+        the higher wins. When a copy is damaged, or missing from both places on a device that \
+        has installed bundles, abup refuses installs and mark-good/mark-active instead of \
+        guessing; if you know the floor, --set N writes it to both places (N may not be below \
+        a copy that can still be read, nor above the running slot's bundle), and slots below \
+        N lose their tries in the same environment update.")]
+    SecurityFloor {
+        /// Write the floor N to both places.
+        #[arg(long, value_name = "N")]
+        set: Option<u64>,
+    },
 
     /// Read and edit a bootloader environment directly.
     #[command(long_about = "Read and edit a bootloader environment directly.\n\n\
@@ -291,7 +311,8 @@ pub struct CreateArgs {
     /// image's modification time).
     #[arg(long, value_name = "SECONDS")]
     pub created: Option<u64>,
-    /// Uncompressed bytes per chunk (a power of two from 64 KiB to 16 MiB).
+    /// Uncompressed bytes per chunk (a power of two from 64 KiB to 1 MiB, the most a device
+    /// installs).
     #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES")]
     pub chunk_size: u32,
     /// zstd level (1 fastest to 19 smallest).

@@ -14,6 +14,9 @@ use crate::bootenv::{Assignment, Environment, Location};
 use crate::cli::{Cli, Command, EnvArgs, EnvOp, GenerateOp, InstallArgs};
 use crate::slotstate;
 use crate::source::{Retry, Source};
+use crate::state::floor::{self, Floor};
+use crate::state::records::{LastInstall, SlotBundle};
+use crate::state::StateDir;
 
 /// What `main` turns into an exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,18 +24,6 @@ pub enum Outcome {
     Done,
     /// `env get` of a variable that is not set.
     NotSet,
-}
-
-/// The exit status for an error: refusals and a busy install lock have their own, so an OTA
-/// agent can tell "this bundle will never install" from "try again later".
-pub fn exit_status(e: &anyhow::Error) -> u8 {
-    if e.chain().any(|c| c.is::<crate::install::Refused>()) {
-        4
-    } else if e.chain().any(|c| c.is::<crate::install::Busy>()) {
-        5
-    } else {
-        1
-    }
 }
 
 pub fn run(cli: Cli) -> Result<Outcome> {
@@ -46,6 +37,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Keygen { secret, public } => crate::bundle_cmd::keygen(&secret, &public),
         Command::Bundle(op) => crate::bundle_cmd::run(op),
         Command::Generate(op) => generate(op),
+        Command::SecurityFloor { set } => security_floor(&load_board(&cli.config)?, set),
     }
 }
 
@@ -54,9 +46,7 @@ fn load_board(path: &Path) -> Result<Board> {
 }
 
 fn cmdline() -> Result<String> {
-    let path = booted::cmdline_path();
-    std::fs::read_to_string(&path)
-        .with_context(|| format!("reading the kernel command line from {}", path.display()))
+    Ok(booted::read_cmdline()?)
 }
 
 /// Which slot a command names: `booted`, `other`, or a slot by name.
@@ -99,18 +89,37 @@ fn mark(board: &Board, how: Mark, slot_arg: &str) -> Result<Outcome> {
         Mark::Bad => "marked bad",
         Mark::Active => "marked active",
     };
+    // mark-good writes the security floor to the state directory, so it creates it.
+    let state = match how {
+        Mark::Good => Some(StateDir::open(board)?),
+        Mark::Bad | Mark::Active => StateDir::existing(board)?,
+    };
     let mut env = Environment::open(&Location::of_board(board), true)?;
-    let (state, written) = slotstate::transition(board, &mut env, |state| {
+    let mut floor = None;
+    if !matches!(how, Mark::Bad) {
+        if let Some(state) = &state {
+            refuse_install_target(state, name)?;
+        }
+        floor = Some(FloorChange::plan(board, state.as_ref(), &env, slot, how)?);
+    }
+    let extra = floor
+        .as_ref()
+        .map_or(Vec::new(), FloorChange::env_assignment);
+    let (new, written) = slotstate::transition_with(board, &mut env, &extra, |state| {
         match how {
             Mark::Good => state.mark_good(slot),
             Mark::Bad => state.mark_bad(slot),
             Mark::Active => state.activate(slot),
         }
+        for &s in floor.iter().flat_map(|f| &f.revoked) {
+            state.mark_bad(s);
+        }
         Ok(())
     })
     .with_context(|| format!("slot {name} not {verb}"))?;
-    if let Mark::Good = how {
-        crate::install::confirmed(board, slot).context("raising the security version floor")?;
+    drop(env);
+    if let (Some(f), Some(state)) = (&floor, &state) {
+        f.write_state(state)?;
     }
     if !written {
         println!("slot {name} {verb} (no change)");
@@ -118,9 +127,171 @@ fn mark(board: &Board, how: Mark, slot_arg: &str) -> Result<Outcome> {
     }
     println!(
         "slot {name} {verb}: {} tries left, next boot: {}",
-        state.status(slot).tries_left,
-        board.slots.name(state.next_boot().slot)
+        new.status(slot).tries_left,
+        board.slots.name(new.next_boot().slot)
     );
+    for &s in floor.iter().flat_map(|f| &f.revoked) {
+        println!(
+            "slot {} is below the security floor {} and no longer boots",
+            board.slots.name(s),
+            floor.as_ref().map_or(0, |f| f.to)
+        );
+    }
+    Ok(Outcome::Done)
+}
+
+/// A slot an install is writing (running, or interrupted and not finished) is not marked good
+/// or active: it may be half written.
+fn refuse_install_target(state: &StateDir, name: &str) -> Result<()> {
+    // A journal abup cannot read names no target; the next install discards it.
+    let writing = state.running_install_target().or_else(|| {
+        state
+            .journal_target()
+            .map_err(|e| log::warn!("{e:#}"))
+            .ok()
+            .flatten()
+    });
+    if writing.as_deref() == Some(name) {
+        bail!(
+            "slot {name} is being written by an install that has not finished; run the install \
+             again to finish it"
+        );
+    }
+    Ok(())
+}
+
+/// What marking a slot good or active does to the security floor.
+#[derive(Debug)]
+struct FloorChange {
+    copies: Floor,
+    /// The floor after the change.
+    to: u64,
+    /// Slots whose bundles are below the new floor: they lose their tries in the same update.
+    revoked: Vec<SlotId>,
+}
+
+impl FloorChange {
+    /// Refuses a slot whose bundle is below the floor; for `mark-good`, raises the floor to
+    /// the slot's bundle's security version.
+    fn plan(
+        board: &Board,
+        state: Option<&StateDir>,
+        env: &Environment,
+        slot: SlotId,
+        how: Mark,
+    ) -> Result<FloorChange> {
+        let copies = Floor::read(state, env);
+        let records = match state {
+            Some(s) => s.slots()?,
+            None => Default::default(),
+        };
+        let expected = match state {
+            Some(s) => s.floor_expected()?,
+            None => false,
+        };
+        let floor = copies.value(expected)?;
+        let name = board.slots.name(slot);
+        // A slot abup never installed (a factory image) has no known version to hold
+        // against the floor.
+        let version = records.get(name).map(|r| r.security_version);
+        if let Some(version) = version.filter(|&v| v < floor) {
+            bail!(
+                "slot {name} holds a bundle with security version {version}, below this \
+                 device's floor {floor}; install a newer bundle into it"
+            );
+        }
+        let to = match how {
+            Mark::Good => floor.max(version.unwrap_or(0)),
+            Mark::Bad | Mark::Active => floor,
+        };
+        let revoked = board
+            .slots
+            .ids()
+            .filter(|&s| s != slot)
+            .filter(|&s| {
+                records
+                    .get(board.slots.name(s))
+                    .is_some_and(|r| r.security_version < to)
+            })
+            .collect();
+        Ok(FloorChange {
+            copies,
+            to,
+            revoked,
+        })
+    }
+
+    fn env_assignment(&self) -> Vec<Assignment> {
+        if self.copies.env_needs(self.to) {
+            vec![(floor::ENV_VAR.to_owned(), Some(self.to.to_string()))]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn write_state(&self, state: &StateDir) -> Result<()> {
+        if self.copies.state_needs(self.to) {
+            state.write_floor(self.to)?;
+        }
+        Ok(())
+    }
+}
+
+/// `abup security-floor [--set N]`.
+fn security_floor(board: &Board, set: Option<u64>) -> Result<Outcome> {
+    let state = StateDir::open(board)?;
+    let mut env = Environment::open(&Location::of_board(board), set.is_some())?;
+    let copies = Floor::read(Some(&state), &env);
+    let show = |c: &floor::Copy| match c {
+        floor::Copy::Absent => "none".to_owned(),
+        floor::Copy::Value(n) => n.to_string(),
+        floor::Copy::Damaged(why) => format!("damaged: {why}"),
+    };
+    let Some(n) = set else {
+        println!(
+            "security floor: {} (state directory: {}; bootloader environment {}: {})",
+            copies
+                .value(state.floor_expected()?)
+                .map_or_else(|e| format!("unknown ({e})"), |n| n.to_string()),
+            show(&copies.state),
+            floor::ENV_VAR,
+            show(&copies.env)
+        );
+        return Ok(Outcome::Done);
+    };
+    let readable = copies.readable();
+    if n < readable {
+        bail!("the security floor never goes down: a copy of it says {readable}, not {n}");
+    }
+    let records = state.slots()?;
+    let booted = booted::detect(board, &cmdline()?)?.0;
+    let below = |s: SlotId| {
+        records
+            .get(board.slots.name(s))
+            .is_some_and(|r| r.security_version < n)
+    };
+    if below(booted) {
+        bail!(
+            "the running slot {} holds a bundle below security version {n}; install and \
+             confirm a newer one first",
+            board.slots.name(booted)
+        );
+    }
+    let revoked: Vec<SlotId> = board.slots.ids().filter(|&s| below(s)).collect();
+    let change = FloorChange {
+        copies,
+        to: n,
+        revoked,
+    };
+    slotstate::transition_with(board, &mut env, &change.env_assignment(), |state| {
+        for &s in &change.revoked {
+            state.mark_bad(s);
+        }
+        Ok(())
+    })?;
+    drop(env);
+    change.write_state(&state)?;
+    println!("security floor set to {n}");
     Ok(Outcome::Done)
 }
 
@@ -137,7 +308,7 @@ struct StatusReport<'a> {
     booted_from: Option<&'static str>,
     next_boot: &'a str,
     next_boot_is_fallback: bool,
-    last_install: Option<crate::install::record::LastInstall>,
+    last_install: Option<LastInstall>,
     slots: Vec<SlotReport<'a>>,
 }
 
@@ -151,13 +322,22 @@ struct SlotReport<'a> {
     good: bool,
     confirmed: bool,
     /// What abup installed there, if it did.
-    bundle: Option<crate::install::record::SlotBundle>,
+    bundle: Option<SlotBundle>,
 }
 
 const STATUS_VERSION: u32 = 1;
 
 fn status(board: &Board, json: bool) -> Result<Outcome> {
     let env = Environment::open(&Location::of_board(board), false)?;
+    let state = StateDir::existing(board)?;
+    let warn = |e: anyhow::Error| log::warn!("{e:#}");
+    let last_install = state
+        .as_ref()
+        .and_then(|s| s.last_install().map_err(warn).ok().flatten());
+    let records = state
+        .as_ref()
+        .and_then(|s| s.slots().map_err(warn).ok())
+        .unwrap_or_default();
     let state = slotstate::read(board, &env)?.state;
     let booted = match booted::detect(board, &cmdline()?) {
         Ok(b) => Some(b),
@@ -178,11 +358,7 @@ fn status(board: &Board, json: bool) -> Result<Outcome> {
         booted_from: booted.map(|(_, how): (SlotId, Method)| how.name()),
         next_boot: board.slots.name(next.slot),
         next_boot_is_fallback: next.fallback,
-        last_install: crate::install::record::last_install(&board.install.state_dir)
-            .unwrap_or_else(|e| {
-                log::warn!("{e:#}");
-                None
-            }),
+        last_install,
         slots: board
             .slots
             .ids()
@@ -196,7 +372,7 @@ fn status(board: &Board, json: bool) -> Result<Outcome> {
                     tries_left: st.tries_left,
                     good: st.good,
                     confirmed: st.confirmed,
-                    bundle: crate::install::slot_bundle(board, board.slots.name(s)),
+                    bundle: records.get(board.slots.name(s)).cloned(),
                 }
             })
             .collect(),

@@ -1,10 +1,13 @@
 //! Cut points for fault-injection tests. Every write that reaches the disk (a slot chunk, the
-//! bootloader environment, a state file) is counted here; with `ABUP_CUT_AFTER_WRITES=N` in
-//! the environment the process stops right after its N-th write, as a power cut would stop
-//! it, so tests can check what every prefix of an install leaves behind. `-vv` logs each
-//! write with its number, which is how tests find out how many there are.
-//! `ABUP_PAUSE_AFTER_WRITES=N` stops the process (SIGSTOP) after its N-th write instead, so a
-//! test can change the disk behind abup's back before it goes on (SIGCONT).
+//! bootloader environment, a state file) is counted here, and `-vv` logs each write with its
+//! number, which is how tests find out how many there are.
+//!
+//! Builds with the `fault-injection` feature (test builds: `abup`'s dev-dependency on itself
+//! turns it on; never a release) obey two switches. With `ABUP_CUT_AFTER_WRITES=N` in the
+//! environment the process stops right after its N-th write, as a power cut would stop it, so
+//! tests can check what every prefix of an install leaves behind. `ABUP_PAUSE_AFTER_WRITES=N`
+//! stops the process (SIGSTOP) after its N-th write instead, so a test can change the disk
+//! behind abup's back before it goes on (SIGCONT). Other builds ignore both.
 //!
 //! A power cut also loses what was written but not yet synced: the page cache, the disk's
 //! volatile write cache. So while a cut is armed, every slot write that is not followed by a
@@ -37,13 +40,16 @@ fn number(var: &str) -> Option<u64> {
 
 fn limit() -> Option<u64> {
     static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
-    *LIMIT.get_or_init(|| number("ABUP_CUT_AFTER_WRITES"))
+    *LIMIT.get_or_init(|| number("ABUP_CUT_AFTER_WRITES").filter(|_| ARMED))
 }
 
 fn pause() -> Option<u64> {
     static PAUSE: OnceLock<Option<u64>> = OnceLock::new();
-    *PAUSE.get_or_init(|| number("ABUP_PAUSE_AFTER_WRITES"))
+    *PAUSE.get_or_init(|| number("ABUP_PAUSE_AFTER_WRITES").filter(|_| ARMED))
 }
+
+/// Whether this build obeys the switches at all.
+const ARMED: bool = cfg!(feature = "fault-injection");
 
 fn identity(file: &File) -> Option<(u64, u64)> {
     file.metadata().ok().map(|m| (m.dev(), m.ino()))

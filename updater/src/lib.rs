@@ -17,6 +17,8 @@ pub mod cli;
 #[cfg(feature = "device")]
 pub mod commands;
 #[cfg(feature = "device")]
+pub mod exit;
+#[cfg(feature = "device")]
 pub mod failpoint;
 #[cfg(feature = "device")]
 pub mod install;
@@ -27,4 +29,4 @@ pub mod slotstate;
 #[cfg(feature = "device")]
 pub mod source;
 #[cfg(feature = "device")]
-pub mod statefile;
+pub mod state;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use abup::cli::Cli;
 use abup::commands::{self, Outcome};
+use abup::exit;
 use clap::Parser;
 
 struct StderrLogger(log::LevelFilter);
@@ -58,11 +59,11 @@ fn main() -> ExitCode {
         log::set_max_level(level);
     }
     match commands::run(cli) {
-        Ok(Outcome::Done) => ExitCode::SUCCESS,
-        Ok(Outcome::NotSet) => ExitCode::from(3),
+        Ok(Outcome::Done) => ExitCode::from(exit::OK),
+        Ok(Outcome::NotSet) => ExitCode::from(exit::NOT_SET),
         Err(e) => {
             eprintln!("abup: error: {}", one_line(&e));
-            ExitCode::from(commands::exit_status(&e))
+            ExitCode::from(exit::status(&e))
         }
     }
 }

@@ -91,5 +91,5 @@ fn refuse_existing(path: &Path) -> Result<()> {
 /// Every byte is written (never sparse, as GRUB's save_env requires), under a temporary name
 /// first, so a cut never leaves a half-written block under the real name.
 fn create_file(path: &Path, block: &EnvBlock) -> Result<()> {
-    crate::statefile::replace(path, block.as_bytes())
+    crate::state::replace(path, block.as_bytes())
 }

@@ -40,13 +40,31 @@ pub fn transition(
     env: &mut Environment,
     op: impl FnOnce(&mut State) -> Result<(), bootcount::Error>,
 ) -> Result<(State, bool)> {
+    transition_with(board, env, &[], op)
+}
+
+/// [`transition`], with `extra` variables (the security floor) set in the same update.
+pub fn transition_with(
+    board: &Board,
+    env: &mut Environment,
+    extra: &[Assignment],
+    op: impl FnOnce(&mut State) -> Result<(), bootcount::Error>,
+) -> Result<(State, bool)> {
     let Current { mut state, raw } = read(board, env)?;
     op(&mut state)?;
-    let changes: Vec<Assignment> = state
+    let mut changes: Vec<Assignment> = state
         .encode()
         .into_iter()
         .filter(|(k, v)| raw.get(k) != v.as_ref())
         .collect();
+    for (k, v) in extra {
+        let now = env
+            .get(k)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
+        if &now != v {
+            changes.push((k.clone(), v.clone()));
+        }
+    }
     if changes.is_empty() && env.settled() {
         return Ok((state, false));
     }

@@ -35,6 +35,68 @@ pub struct Retry {
 /// failure within minutes.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
+/// The most characters of a server's text (status text, a header's value, a transport
+/// error) that abup repeats in a message, a log line or the recorded outcome of an install.
+pub const MAX_SERVER_TEXT: usize = 200;
+
+/// Text from a server, made safe to print and to store: every character outside printable
+/// ASCII is escaped (`\u{1b}`, `\r`), so a hostile server can neither send escape sequences to
+/// an operator's terminal nor forge lines in a log, and at most [`MAX_SERVER_TEXT`] characters
+/// are kept.
+pub fn server_text(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        let escaped: String = if (' '..='~').contains(&c) {
+            c.into()
+        } else {
+            c.escape_default().collect()
+        };
+        if out.len() + escaped.len() > MAX_SERVER_TEXT {
+            out.push_str("...");
+            break;
+        }
+        out.push_str(&escaped);
+    }
+    out
+}
+
+/// An error from the network, its text sanitised by [`server_text`].
+fn server_error(text: &str) -> io::Error {
+    io::Error::other(server_text(text))
+}
+
+/// A ureq error as one sanitised line. The URL is left out: the caller names the source, and
+/// a URL may carry credentials.
+fn http_error(e: ureq::Error) -> io::Error {
+    match e {
+        ureq::Error::Status(code, r) => {
+            server_error(&format!("the server answered {code} {}", r.status_text()))
+        }
+        ureq::Error::Transport(t) => {
+            let mut text = t.kind().to_string();
+            if let Some(m) = t.message() {
+                text = format!("{text}: {m}");
+            }
+            if let Some(source) = std::error::Error::source(&t) {
+                text = format!("{text}: {source}");
+            }
+            server_error(&text)
+        }
+    }
+}
+
+/// `Content-Range: bytes START-END/TOTAL` (TOTAL may be `*`): START and TOTAL.
+fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
+    let (range, total) = value.strip_prefix("bytes ")?.split_once('/')?;
+    let (start, end) = range.split_once('-')?;
+    let (start, end): (u64, u64) = (start.parse().ok()?, end.parse().ok()?);
+    let total = match total {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    (start <= end && total.is_none_or(|t| end < t)).then_some((start, total))
+}
+
 impl Source {
     pub fn parse(arg: &str) -> Source {
         if arg == "-" {
@@ -50,7 +112,7 @@ impl Source {
         match self {
             Source::File(p) => p.display().to_string(),
             Source::Stdin => "standard input".to_owned(),
-            Source::Url(u) => u.clone(),
+            Source::Url(u) => crate::state::redact(u),
         }
     }
 
@@ -161,25 +223,37 @@ impl BundleReader {
         if self.pos > 0 {
             req = req.set("Range", &format!("bytes={}-", self.pos));
         }
-        let resp = req.call().map_err(|e| match e {
-            ureq::Error::Status(code, r) => {
-                io::Error::other(format!("the server answered {code} {}", r.status_text()))
-            }
-            ureq::Error::Transport(t) => io::Error::other(t.to_string()),
-        })?;
+        let resp = req.call().map_err(http_error)?;
         let ranged = resp.status() == 206;
         if self.pos > 0 && !ranged {
             return Err(io::Error::other(
                 "the server ignored the Range request, so the download cannot resume",
             ));
         }
-        let header_len = |name| resp.header(name).map(str::to_owned);
+        // Header values are the server's text: they reach a message only through server_text.
         let total = if ranged {
-            // Content-Range: bytes START-END/TOTAL
-            header_len("Content-Range")
-                .and_then(|v| v.rsplit('/').next().and_then(|t| t.parse().ok()))
+            let value = resp.header("Content-Range").unwrap_or_default();
+            let (start, total) = parse_content_range(value).ok_or_else(|| {
+                server_error(&format!(
+                    "the server's Content-Range \"{value}\" is not \"bytes START-END/TOTAL\""
+                ))
+            })?;
+            if start != self.pos {
+                return Err(io::Error::other(format!(
+                    "the server sent bytes from {start} when asked for bytes from {}",
+                    self.pos
+                )));
+            }
+            total
         } else {
-            header_len("Content-Length").and_then(|v| v.parse().ok())
+            match resp.header("Content-Length") {
+                Some(v) => Some(v.parse().map_err(|_| {
+                    server_error(&format!(
+                        "the server's Content-Length \"{v}\" is not a number"
+                    ))
+                })?),
+                None => None,
+            }
         };
         if let (Some(known), Some(now)) = (h.len, total) {
             if known != now {
@@ -208,7 +282,8 @@ impl BundleReader {
                         Ok(0) if h.len.is_some_and(|len| self.pos < len) => {
                             Err(io::Error::from(io::ErrorKind::UnexpectedEof))
                         }
-                        r => r.map(Some),
+                        Ok(n) => Ok(Some(n)),
+                        Err(e) => Err(io::Error::new(e.kind(), server_text(&e.to_string()))),
                     }
                 }
                 _ => unreachable!("only called for URLs"),
@@ -268,6 +343,47 @@ mod tests {
             Source::Url("https://updates.example/b.abup".into())
         );
         assert_eq!(Source::parse("./b"), Source::File("./b".into()));
+    }
+
+    #[test]
+    fn server_text_is_printable_and_bounded() {
+        assert_eq!(server_text("Not Found"), "Not Found");
+        assert_eq!(
+            server_text("\u{1b}[31mEVIL\r\nX: y\u{7}\u{7f}\t\u{9b}\u{202e}"),
+            "\\u{1b}[31mEVIL\\r\\nX: y\\u{7}\\u{7f}\\t\\u{9b}\\u{202e}"
+        );
+        let long = server_text(&"A".repeat(10_000));
+        assert_eq!(long.len(), MAX_SERVER_TEXT + 3);
+        assert!(long.ends_with("..."));
+        // An escape is kept whole or not at all.
+        let edge = server_text(&("A".repeat(MAX_SERVER_TEXT - 3) + "\u{1b}"));
+        assert_eq!(edge, "A".repeat(MAX_SERVER_TEXT - 3) + "...");
+        for text in ["\u{1b}]0;owned\u{7}", &"\u{1b}".repeat(1000), "a\u{0}b"] {
+            let t = server_text(text);
+            assert!(t.chars().all(|c| (' '..='~').contains(&c)), "{t:?}");
+            assert!(t.len() <= MAX_SERVER_TEXT + 3);
+        }
+    }
+
+    #[test]
+    fn content_range_is_parsed_strictly() {
+        assert_eq!(
+            parse_content_range("bytes 100-199/200"),
+            Some((100, Some(200)))
+        );
+        assert_eq!(parse_content_range("bytes 0-0/*"), Some((0, None)));
+        for bad in [
+            "",
+            "bytes 100-199",
+            "bytes=100-199/200",
+            "bytes 100-99/200",
+            "bytes 100-200/200",
+            "bytes -1-5/9",
+            "bytes 1-5/x",
+            "items 1-5/9",
+        ] {
+            assert_eq!(parse_content_range(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -129,3 +129,18 @@ fn uboot_scripts_save_only_tries() {
         assert!(!rest.contains("saveenv"), "{}: saves twice", board.name);
     }
 }
+
+/// abup's state (journal, slot records, security floor) must live outside both slots, or a slot
+/// switch resets anti-rollback and resume: every shipped board keeps it on its data
+/// partition, mounted at /data.
+#[test]
+fn every_board_keeps_its_state_on_the_data_partition() {
+    for (path, board) in boards() {
+        assert!(
+            board.install.state_dir.starts_with("/data"),
+            "{}: state-dir {}",
+            path.display(),
+            board.install.state_dir.display()
+        );
+    }
+}

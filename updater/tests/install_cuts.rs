@@ -84,6 +84,7 @@ fn check_done(f: &Fixture, what: &str) {
 
 #[test]
 fn a_cut_after_any_write_boots_the_old_slot_and_a_rerun_completes() {
+    common::require_fault_injection();
     let (f, b) = device();
     let clean = f.save();
     let full = install(&f, &b, None);

@@ -11,12 +11,9 @@
 mod common;
 
 use std::os::unix::fs::FileExt;
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::fixture::{image, Fixture};
-use common::{durable_writes, Output};
+use common::Output;
 
 const SLOT: u64 = 2 << 20;
 
@@ -28,66 +25,8 @@ fn image_v2() -> Vec<u8> {
 fn device() -> (Fixture, std::path::PathBuf, Vec<String>) {
     let f = Fixture::new(SLOT, "").with_b_bootable();
     let b = f.bundle("b.abup", &image_v2(), "2.0", 1);
-    let clean = f.save();
-    let out = f.abup(&["-vv", "install", b.to_str().unwrap()]);
-    out.success();
-    let writes = durable_writes(&out);
-    f.restore(&clean);
+    let writes = f.install_writes(&b);
     (f, b, writes)
-}
-
-/// `abup install BUNDLE`, stopped after its durable write number `pause` (1-based) while
-/// `tamper` runs.
-fn install_tampered(f: &Fixture, bundle: &Path, pause: usize, tamper: impl FnOnce()) -> Output {
-    let (out, err) = (f.t.path("stdout"), f.t.path("stderr"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_abup"))
-        .args(["install", bundle.to_str().unwrap()])
-        .env("ABUP_CONFIG", &f.board)
-        .env("ABUP_PROC_CMDLINE", &f.cmdline)
-        .env("ABUP_PAUSE_AFTER_WRITES", pause.to_string())
-        // Files, not pipes: a stopped child must not wait for a reader.
-        .stdout(Stdio::from(std::fs::File::create(&out).unwrap()))
-        .stderr(Stdio::from(std::fs::File::create(&err).unwrap()))
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let stat = format!("/proc/{pid}/stat");
-    let start = Instant::now();
-    loop {
-        let s = std::fs::read_to_string(&stat).unwrap_or_default();
-        // The state follows the command name in parentheses.
-        if s.rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('T')
-        {
-            break;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!(
-                "abup ended ({status}) before pausing: {}",
-                std::fs::read_to_string(&err).unwrap()
-            );
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "abup never paused"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    tamper();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGCONT,
-    )
-    .unwrap();
-    let status = child.wait().unwrap();
-    Output {
-        code: status.code(),
-        stdout: std::fs::read(&out).unwrap(),
-        stderr: std::fs::read(&err).unwrap(),
-    }
 }
 
 /// Flips one byte of slot B, as a bad medium or someone else's write would.
@@ -136,7 +75,7 @@ fn a_slot_changed_before_its_read_back_fails_the_install_and_starts_over() {
         .iter()
         .rposition(|w| w.ends_with("install.json"))
         .unwrap();
-    let out = install_tampered(&f, &b, last_checkpoint + 1, || {
+    let out = f.install_paused(&b, last_checkpoint + 1, || {
         corrupt(&f, image_v2().len() as u64 - 100)
     });
     check_refused(&f, &out, &slot_a, "slot verification failed");
@@ -159,7 +98,7 @@ fn a_first_block_changed_before_its_read_back_fails_the_install_and_resumes() {
         .iter()
         .rposition(|w| w.ends_with("slot-b at 0"))
         .unwrap();
-    let out = install_tampered(&f, &b, first_block + 1, || corrupt(&f, 1500));
+    let out = f.install_paused(&b, first_block + 1, || corrupt(&f, 1500));
     check_refused(&f, &out, &slot_a, "did not read back as written");
     assert!(
         f.state.join("install.json").exists(),

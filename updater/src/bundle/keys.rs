@@ -7,7 +7,9 @@
 //! next to its signature.
 
 use std::fmt;
+#[cfg(feature = "device")]
 use std::io::Read;
+#[cfg(feature = "device")]
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
@@ -17,7 +19,9 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
 use super::hex::Hex;
-use super::{Error, Result, MAX_KEYRING_KEYS, MAX_KEY_FILE_LEN};
+use super::{Error, Result};
+#[cfg(feature = "device")]
+use super::{MAX_KEYRING_KEYS, MAX_KEY_FILE_LEN};
 
 /// A secret signing key. Its `Debug` shows the key id only.
 pub struct SecretKey(SigningKey);
@@ -127,26 +131,46 @@ pub struct Keyring {
 }
 
 impl Keyring {
-    /// Loads every `*.pem` file of `dir` (other files are ignored, so a README can sit next to
-    /// the keys). A file that is not a public key is an error, not skipped: a typo in a
-    /// trusted directory should be seen. At most [`MAX_KEYRING_KEYS`] files of at most
-    /// [`MAX_KEY_FILE_LEN`] bytes each.
+    /// Loads every `*.pem` file of `dir` whose name does not start with a dot (other files are
+    /// ignored, so a README or an editor's backup can sit next to the keys). Anyone who can
+    /// write to a keyring can sign updates, so a directory writable by group or others is
+    /// refused, and so is a `*.pem` that is not a regular file only its owner can write (a
+    /// FIFO, a device, a symbolic link: each is opened without following links and without
+    /// blocking, and checked once open). A file that is not a public key is an error, not
+    /// skipped: a typo or an intruder in a trusted directory should be seen. At most
+    /// [`MAX_KEYRING_KEYS`] files of at most [`MAX_KEY_FILE_LEN`] bytes each.
+    #[cfg(feature = "device")]
     pub fn load(dir: &Path) -> Result<Keyring> {
+        use std::os::unix::fs::PermissionsExt;
+
         let dir_err = |source| Error::Keyring {
             path: dir.to_path_buf(),
             source,
         };
+        let mode = std::fs::metadata(dir)
+            .map_err(dir_err)?
+            .permissions()
+            .mode();
+        if mode & 0o022 != 0 {
+            return Err(Error::KeyringWritable {
+                path: dir.to_path_buf(),
+                mode: mode & 0o7777,
+            });
+        }
         let mut paths: Vec<PathBuf> = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(dir_err)? {
-            let path = entry.map_err(dir_err)?.path();
-            if path.extension().is_some_and(|e| e == "pem") {
-                if paths.len() == MAX_KEYRING_KEYS {
-                    return Err(Error::KeyringTooLarge {
-                        path: dir.to_path_buf(),
-                    });
-                }
-                paths.push(path);
+            let name = entry.map_err(dir_err)?.file_name();
+            let path = Path::new(&name);
+            let hidden = name.as_encoded_bytes().starts_with(b".");
+            if hidden || path.extension().is_none_or(|e| e != "pem") {
+                continue;
             }
+            if paths.len() == MAX_KEYRING_KEYS {
+                return Err(Error::KeyringTooLarge {
+                    path: dir.to_path_buf(),
+                });
+            }
+            paths.push(dir.join(path));
         }
         paths.sort();
         let mut keys = Vec::with_capacity(paths.len());
@@ -189,7 +213,16 @@ impl Keyring {
     }
 }
 
+/// Reads one key file of a keyring: opened without following a symbolic link and without
+/// blocking (a FIFO would otherwise wait for a writer forever), then checked to be a regular
+/// file no one but its owner can write, then read with the length limit enforced while
+/// reading.
+#[cfg(feature = "device")]
 fn load_public_key(path: &Path) -> Result<PublicKey> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+
+    use nix::fcntl::OFlag;
+
     let file_err = |source: Error| Error::KeyFile {
         path: path.to_path_buf(),
         source: Box::new(source),
@@ -198,10 +231,42 @@ fn load_public_key(path: &Path) -> Result<PublicKey> {
         path: path.to_path_buf(),
         source,
     };
+    let not_regular = |kind| Error::KeyFileNotRegular {
+        path: path.to_path_buf(),
+        kind,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY).bits())
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(code) if code == nix::errno::Errno::ELOOP as i32 => not_regular("a symbolic link"),
+            _ => io_err(e),
+        })?;
+    let meta = file.metadata().map_err(io_err)?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        return Err(not_regular(if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_block_device() || kind.is_char_device() {
+            "a device"
+        } else {
+            "not a file"
+        }));
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o022 != 0 {
+        return Err(Error::KeyFileWritable {
+            path: path.to_path_buf(),
+            mode: mode & 0o7777,
+        });
+    }
     let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .map_err(io_err)?
-        .take(MAX_KEY_FILE_LEN + 1)
+    file.take(MAX_KEY_FILE_LEN + 1)
         .read_to_end(&mut bytes)
         .map_err(io_err)?;
     if bytes.len() as u64 > MAX_KEY_FILE_LEN {

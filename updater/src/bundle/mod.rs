@@ -69,6 +69,23 @@ pub const MIN_CHUNK_SIZE: u32 = 64 << 10;
 pub const MAX_CHUNK_SIZE: u32 = 16 << 20;
 /// The chunk size `abup bundle create` uses unless told otherwise.
 pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
+/// The largest chunk size an install accepts (see [`check_installable`]): an install's peak
+/// memory must stay at or under 32 MiB whatever chunk size the signer chose, and the install
+/// holds a fixed number of chunk buffers. With four decoder threads (the most it starts) that
+/// is 13 buffers: 6 stored chunks (2 queued, one per decoder) and 7 decoded ones (2 queued, one
+/// per decoder, one being written), each up to a chunk. At 1 MiB: 13 MiB of chunks, 4 MiB of
+/// staging for the writes and the read-back, and the process itself; the release build peaks
+/// at 24 MiB installing a 200 MiB image with four decoders, and at 37 MiB in 2 MiB chunks
+/// (docs/bundle-format.md). With [`MAX_CHUNKS`] this caps an installable bundle at 64 GiB of
+/// images.
+pub const MAX_INSTALL_CHUNK_SIZE: u32 = 1 << 20;
+// A chunk size the format allows, and bundles made with the defaults install.
+const _: () = assert!(
+    MAX_INSTALL_CHUNK_SIZE.is_power_of_two()
+        && MIN_CHUNK_SIZE <= MAX_INSTALL_CHUNK_SIZE
+        && MAX_INSTALL_CHUNK_SIZE <= MAX_CHUNK_SIZE
+        && DEFAULT_CHUNK_SIZE <= MAX_INSTALL_CHUNK_SIZE
+);
 /// The largest stored chunk: a zstd frame of a `MAX_CHUNK_SIZE` chunk that did not compress
 /// (see [`Compression::max_stored_len`]).
 pub const MAX_STORED_LEN: u32 = MAX_CHUNK_SIZE + (MAX_CHUNK_SIZE >> 8);
@@ -214,6 +231,10 @@ pub enum Error {
         found: [u8; 32],
     },
 
+    // -- what this abup installs --
+    #[error("image {slot_class} has chunk size {chunk_size}, more than the {MAX_INSTALL_CHUNK_SIZE} bytes this abup installs (it holds a dozen chunks in memory at once): rebuild the bundle with --chunk-size {MAX_INSTALL_CHUNK_SIZE} or less")]
+    ChunkTooLargeToInstall { slot_class: String, chunk_size: u32 },
+
     // -- keys --
     #[error("cannot read the {what} key: {message}; expected a PEM ed25519 key as `abup keygen` or `openssl genpkey -algorithm ed25519` writes")]
     KeyPem { what: &'static str, message: String },
@@ -230,6 +251,12 @@ pub enum Error {
     },
     #[error("keyring {path} has more than {MAX_KEYRING_KEYS} .pem files: remove the keys that are no longer used")]
     KeyringTooLarge { path: PathBuf },
+    #[error("keyring {path} is writable by group or others (mode {mode:o}), so anyone who can write to it could add a key that signs updates: run `chmod go-w {path}`")]
+    KeyringWritable { path: PathBuf, mode: u32 },
+    #[error("key file {path} is {kind}, not a regular file: a keyring holds regular .pem files only; remove it, or put the key itself there")]
+    KeyFileNotRegular { path: PathBuf, kind: &'static str },
+    #[error("key file {path} is writable by group or others (mode {mode:o}), so anyone could replace the key: run `chmod go-w {path}`")]
+    KeyFileWritable { path: PathBuf, mode: u32 },
     #[error("key file {path} is larger than {MAX_KEY_FILE_LEN} bytes: it is not an ed25519 key")]
     KeyFileTooLarge { path: PathBuf },
     #[error("key file {path} holds a secret key: a keyring holds public keys only; replace it with its public key (`openssl pkey -in FILE -pubout`) and keep the secret key off the device")]
@@ -255,3 +282,84 @@ pub enum Error {
 
 /// The result of everything in this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Whether this abup can install a verified bundle within its memory budget: every image's
+/// chunk size is at most [`MAX_INSTALL_CHUNK_SIZE`]. The format allows chunks up to
+/// [`MAX_CHUNK_SIZE`] (the signer chooses), so an install checks this before it writes
+/// anything; `bundle info` and `bundle verify` hold one chunk at a time and need not.
+pub fn check_installable(manifest: &Manifest) -> Result<()> {
+    match manifest
+        .images
+        .iter()
+        .find(|i| i.chunk_size > MAX_INSTALL_CHUNK_SIZE)
+    {
+        Some(image) => Err(Error::ChunkTooLargeToInstall {
+            slot_class: image.slot_class.clone(),
+            chunk_size: image.chunk_size,
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(chunk_sizes: &[u32]) -> Manifest {
+        let images = chunk_sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &chunk_size)| Image {
+                slot_class: format!("class{i}"),
+                size: u64::from(chunk_size),
+                sha256: [0; 32],
+                kind: ImageKind::Full,
+                compression: Compression::Zstd,
+                chunk_size,
+                chunks: vec![Chunk {
+                    stored: 1,
+                    sha256: [0; 32],
+                }],
+            })
+            .collect();
+        Manifest {
+            compatible: "c".into(),
+            version: "v".into(),
+            security_version: 0,
+            created: 0,
+            images,
+        }
+    }
+
+    #[test]
+    fn chunks_up_to_the_limit_install() {
+        let mut size = MIN_CHUNK_SIZE;
+        while size <= MAX_INSTALL_CHUNK_SIZE {
+            check_installable(&manifest(&[size, MIN_CHUNK_SIZE])).unwrap();
+            size *= 2;
+        }
+    }
+
+    #[test]
+    fn larger_chunks_are_refused_naming_the_image_and_the_limit() {
+        let mut size = MAX_INSTALL_CHUNK_SIZE * 2;
+        while size <= MAX_CHUNK_SIZE {
+            // The second image too: every image is checked, not the first.
+            match check_installable(&manifest(&[MIN_CHUNK_SIZE, size])) {
+                Err(e @ Error::ChunkTooLargeToInstall { .. }) => {
+                    let msg = e.to_string();
+                    for part in [
+                        "class1",
+                        &size.to_string(),
+                        &MAX_INSTALL_CHUNK_SIZE.to_string(),
+                    ] {
+                        assert!(msg.contains(part), "{part} missing in {msg}");
+                    }
+                    assert!(!msg.contains('\n'), "{msg}");
+                }
+                r => panic!("chunk size {size}: {r:?}"),
+            }
+            size *= 2;
+        }
+    }
+}

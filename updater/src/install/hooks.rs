@@ -1,7 +1,7 @@
 //! The board's pre-install and post-install executables.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
@@ -19,10 +19,20 @@ pub struct HookEnv {
     pub target_mount: Option<String>,
 }
 
+/// A command with nothing to read and nowhere to write but abup's standard error: abup's
+/// standard input may be the bundle itself (`abup install -`) or a terminal, and its standard
+/// output may be the `--progress=json` stream an OTA agent parses line by line.
+fn quiet(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.stdin(Stdio::null()).stdout(std::io::stderr());
+    cmd
+}
+
 /// Runs `hook` (`which` is "pre-install" or "post-install"); a failure aborts the install.
+/// Its standard input is `/dev/null` and its standard output goes to abup's standard error.
 pub fn run(which: &str, hook: &Path, env: &HookEnv) -> Result<()> {
     log::info!("running {which} hook {}", hook.display());
-    let mut cmd = Command::new(hook);
+    let mut cmd = quiet(hook);
     cmd.env("ABUP_HOOK", which)
         .env("ABUP_TARGET_SLOT", &env.target_slot)
         .env("ABUP_TARGET_DEVICE", &env.target_device)
@@ -60,7 +70,7 @@ pub struct Mounted {
 impl Mounted {
     pub fn new(device: &Path, dir: &Path) -> Result<Mounted> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let status = Command::new("mount")
+        let status = quiet("mount")
             .arg(device)
             .arg(dir)
             .status()
@@ -84,7 +94,7 @@ impl Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        match Command::new("umount").arg(&self.dir).status() {
+        match quiet("umount").arg(&self.dir).status() {
             Ok(s) if s.success() => {
                 let _ = std::fs::remove_dir(&self.dir);
             }

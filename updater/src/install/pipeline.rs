@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
@@ -19,13 +18,12 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use sha2::{Digest, Sha256};
 
-use super::journal::held_block_path;
 use super::progress::Progress;
 use super::target::{aligned_buffer, Device};
 use super::{CHECKPOINT_BYTES, FIRST_BLOCK};
 use crate::bundle::{self, Manifest};
 use crate::source::BundleReader;
-use crate::statefile;
+use crate::state::StateDir;
 
 /// A slot that does not read back as the bundle says: the next run starts over.
 #[derive(Debug, thiserror::Error)]
@@ -105,15 +103,19 @@ fn decoders() -> usize {
 /// manifest before they are decoded, and the decoded length against the chunk's; the first
 /// [`FIRST_BLOCK`] bytes of each image go to the state directory instead of the disk.
 /// `checkpoint(image, next_chunk)` is called once the data before that point is synced.
+///
+/// Returns each image's first block exactly as it was hashed: read from the state directory
+/// once, with its length checked, so the bytes the caller writes at offset 0 are the bytes
+/// the image's SHA-256 vouched for, whatever happens to the file afterwards.
 pub fn write_payload(
     bundle: &bundle::Verified,
     devices: &[Device],
     mut reader: BundleReader,
     start: (usize, usize),
-    state_dir: &Path,
+    state: &StateDir,
     mut checkpoint: impl FnMut(usize, usize) -> Result<()>,
     progress: &mut Progress,
-) -> Result<()> {
+) -> Result<Vec<Vec<u8>>> {
     let (manifest, payload_offset) = (&bundle.manifest, bundle.payload_offset);
     let refs: Vec<bundle::ChunkRef> = manifest
         .chunks()
@@ -149,7 +151,7 @@ pub fn write_payload(
         Pool::new(decoded_buffers(), &stop),
     );
 
-    std::thread::scope(|scope| -> Result<()> {
+    std::thread::scope(|scope| -> Result<Vec<Vec<u8>>> {
         let decoded_rx = decoded_rx;
         let (work, refs) = (&work, &refs);
         let verified = &verified;
@@ -189,7 +191,7 @@ pub fn write_payload(
         drop(decoded_tx);
         drop(stored_rx);
         let verifier =
-            scope.spawn(move || verify_loop(manifest, devices, state_dir, verify_rx, verified));
+            scope.spawn(move || verify_loop(manifest, devices, state, verify_rx, verified));
         for i in 0..manifest.images.len() {
             if on_disk(i) > 0 {
                 let _ = verify_tx.send((i, on_disk(i)));
@@ -200,7 +202,7 @@ pub fn write_payload(
             manifest,
             devices,
             work,
-            state_dir,
+            state,
             &decoded_rx,
             decoded_pool,
             &verify_tx,
@@ -240,7 +242,7 @@ fn write_in_order(
     manifest: &Manifest,
     devices: &[Device],
     work: &[(usize, usize)],
-    state_dir: &Path,
+    state: &StateDir,
     decoded_rx: &Receiver<(usize, Result<Vec<u8>>)>,
     pool: &Pool<'_>,
     verify_tx: &SyncSender<(usize, u64)>,
@@ -266,7 +268,7 @@ fn write_in_order(
         if range.start < FIRST_BLOCK {
             // Held back: durable in the state directory before the journal can claim it.
             let held = (FIRST_BLOCK - range.start).min(data.len() as u64) as usize;
-            statefile::replace(&held_block_path(state_dir, i), &data[..held])?;
+            state.hold_block(i, &data[..held])?;
             stage.push(device, range.start + held as u64, &data[held..])?;
         } else {
             stage.push(device, range.start, &data)?;
@@ -385,27 +387,28 @@ fn decode_loop(
 }
 
 /// Reads each image back from the disk as far as the writer has synced it, in order, into
-/// the image's SHA-256; the held-back first block stands in for the zeros still on the disk.
-/// At each image's end the digest must be the manifest's.
+/// the image's SHA-256; the held-back first block, read once from the state directory, stands
+/// in for the zeros still on the disk. At each image's end the digest must be the manifest's.
+/// Returns the held-back blocks that were hashed.
 fn verify_loop(
     manifest: &Manifest,
     devices: &[Device],
-    state_dir: &Path,
+    state: &StateDir,
     ranges: Receiver<(usize, u64)>,
     verified: &AtomicU64,
-) -> Result<()> {
+) -> Result<Vec<Vec<u8>>> {
     let mut buf = aligned_buffer(STAGE)?;
     let mut hashers: Vec<(Sha256, u64)> =
         manifest.images.iter().map(|_| (Sha256::new(), 0)).collect();
+    let mut held: Vec<Vec<u8>> = vec![Vec::new(); manifest.images.len()];
     for (i, end) in ranges {
         let image = &manifest.images[i];
         let device = &devices[i];
         let (hasher, upto) = &mut hashers[i];
         if *upto == 0 && end > 0 {
-            let held = std::fs::read(held_block_path(state_dir, i))
-                .context("reading the held-back first block")?;
-            hasher.update(&held);
-            *upto = held.len() as u64;
+            held[i] = state.held_block(i, FIRST_BLOCK.min(image.size) as usize)?;
+            hasher.update(&held[i]);
+            *upto = held[i].len() as u64;
             verified.fetch_add(*upto, Ordering::Relaxed);
         }
         while *upto < end {
@@ -416,15 +419,7 @@ fn verify_loop(
             verified.fetch_add(n as u64, Ordering::Relaxed);
         }
         if *upto == image.size {
-            let digest: [u8; 32] = std::mem::take(hasher).finalize().into();
-            if digest != image.sha256 {
-                return Err(Mismatch {
-                    path: device.path.display().to_string(),
-                    found: super::hex(&digest),
-                    expected: super::hex(&image.sha256),
-                }
-                .into());
-            }
+            check_digest(image, device, std::mem::take(hasher))?;
         }
     }
     if let Some(i) = (0..manifest.images.len()).find(|&i| hashers[i].1 < manifest.images[i].size) {
@@ -432,6 +427,49 @@ fn verify_loop(
             "the {} image was not read back completely",
             manifest.images[i].slot_class
         ));
+    }
+    Ok(held)
+}
+
+fn check_digest(image: &bundle::Image, device: &Device, hasher: Sha256) -> Result<()> {
+    let digest: [u8; 32] = hasher.finalize().into();
+    if digest != image.sha256 {
+        return Err(Mismatch {
+            path: device.path.display().to_string(),
+            found: super::hex(&digest),
+            expected: super::hex(&image.sha256),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Reads every image back from the disk, whole (its first block included), and checks it
+/// against the manifest's SHA-256: what a resumed install does before trusting a journal that
+/// says the slot was already verified.
+pub fn verify_written(
+    manifest: &Manifest,
+    devices: &[Device],
+    progress: &mut Progress,
+) -> Result<()> {
+    let total: u64 = manifest.images.iter().map(|i| i.size).sum();
+    progress.phase("check", total);
+    let mut buf = aligned_buffer(STAGE)?;
+    let mut done = 0;
+    for (image, device) in manifest.images.iter().zip(devices) {
+        device.drop_cache();
+        let mut hasher = Sha256::new();
+        let mut at = 0;
+        while at < image.size {
+            let n = ((image.size - at) as usize).min(STAGE);
+            device.read_aligned(at, &mut buf[..n])?;
+            hasher.update(&buf[..n]);
+            at += n as u64;
+            done += n as u64;
+            progress.verified(done);
+            progress.set(done);
+        }
+        check_digest(image, device, hasher)?;
     }
     Ok(())
 }

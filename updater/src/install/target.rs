@@ -42,8 +42,8 @@ fn identity(path: &Path) -> Option<Identity> {
     })
 }
 
-/// Refuses a target device that is the running system or is mounted. `busy` are the devices
-/// of the booted slot, which abup never opens for writing.
+/// Refuses a target device that is the running system, is mounted, or backs a loop device.
+/// `busy` are the devices of the booted slot, which abup never opens for writing.
 pub fn check_not_in_use(path: &Path, busy: &[&Path]) -> Result<()> {
     let id = identity(path).with_context(|| format!("{} does not exist", path.display()))?;
     for b in busy {
@@ -60,7 +60,16 @@ pub fn check_not_in_use(path: &Path, busy: &[&Path]) -> Result<()> {
             bail!("{} holds the running root filesystem", path.display());
         }
         let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        // Without /proc (an initramfs that has not mounted it) nothing could be checked:
+        // refuse rather than assume the device is free. (The exclusive open below also asks
+        // the kernel, which knows about mounts and device-mapper.)
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").with_context(|| {
+            format!(
+                "cannot tell whether {} is mounted: /proc/self/mountinfo is unreadable (mount \
+                 /proc first)",
+                path.display()
+            )
+        })?;
         for line in mountinfo.lines() {
             let mut f = line.split(' ');
             let (Some(_), Some(_), Some(devno), Some(_), Some(mount_point)) =
@@ -76,16 +85,63 @@ pub fn check_not_in_use(path: &Path, busy: &[&Path]) -> Result<()> {
             }
         }
     }
+    if let Some(lo) = loop_backed_by(id)? {
+        bail!(
+            "slot device {} is in use as the backing file of {lo}; release it (losetup -d {lo}) \
+             before installing",
+            path.display()
+        );
+    }
     Ok(())
 }
 
+/// The loop device whose backing file or device is `id`, if one is attached. A loop device
+/// does not claim what it reads from, so neither an exclusive open nor the mount table shows
+/// it. Without /sys nothing could be checked: refused rather than assumed free.
+fn loop_backed_by(id: Identity) -> Result<Option<String>> {
+    let sys = Path::new("/sys/block");
+    let entries = std::fs::read_dir(sys).with_context(|| {
+        "cannot tell whether a loop device uses the slot: /sys/block is unreadable (mount /sys \
+         first)"
+    })?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("loop") {
+            continue;
+        }
+        let Ok(backing) = std::fs::read_to_string(entry.path().join("loop/backing_file")) else {
+            continue;
+        };
+        if identity(Path::new(backing.trim_end())) == Some(id) {
+            return Ok(Some(format!("/dev/{name}")));
+        }
+    }
+    Ok(None)
+}
+
 /// Opens a slot device for writing: never created, never truncated, its size the capacity.
+/// A block device is opened exclusively (`O_EXCL`), so the kernel refuses one that is mounted
+/// (in any mount namespace) or held by device-mapper, and nothing can claim it while abup
+/// writes. (Loop devices do not claim their backing device: `check_not_in_use` looks for
+/// them.)
 pub fn open(path: &Path) -> Result<Device> {
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
+        .custom_flags(nix::fcntl::OFlag::O_EXCL.bits())
         .open(path)
-        .with_context(|| format!("opening slot device {}", path.display()))?;
+        .map_err(|e| {
+            let busy = e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32);
+            anyhow::Error::new(e).context(if busy {
+                format!(
+                    "slot device {} is in use (mounted, or held by device-mapper or another \
+                     program); release it before installing",
+                    path.display()
+                )
+            } else {
+                format!("opening slot device {}", path.display())
+            })
+        })?;
     let size = file
         .seek(SeekFrom::End(0))
         .with_context(|| format!("finding the size of {}", path.display()))?;

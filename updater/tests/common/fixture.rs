@@ -2,7 +2,9 @@
 //! factory state (slot A running and confirmed), a keyring, a state directory, and a signing
 //! key to build bundles with.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use super::{abup, abup_with, Output, Tmp};
 
@@ -196,6 +198,72 @@ impl Fixture {
         ];
         all.extend(env.iter().map(|(k, v)| (*k, std::ffi::OsStr::new(*v))));
         abup_with(args, &all)
+    }
+
+    /// `abup install BUNDLE`, stopped after its durable write number `pause` (1-based) while
+    /// `tamper` changes things behind its back, then let go on.
+    pub fn install_paused(&self, bundle: &Path, pause: usize, tamper: impl FnOnce()) -> Output {
+        super::require_fault_injection();
+        let (out, err) = (self.t.path("stdout"), self.t.path("stderr"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_abup"))
+            .args(["install", bundle.to_str().unwrap()])
+            .env("ABUP_CONFIG", &self.board)
+            .env("ABUP_PROC_CMDLINE", &self.cmdline)
+            .env("ABUP_PAUSE_AFTER_WRITES", pause.to_string())
+            // Files, not pipes: a stopped child must not wait for a reader.
+            .stdout(Stdio::from(std::fs::File::create(&out).unwrap()))
+            .stderr(Stdio::from(std::fs::File::create(&err).unwrap()))
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let stat = format!("/proc/{pid}/stat");
+        let start = Instant::now();
+        loop {
+            let s = std::fs::read_to_string(&stat).unwrap_or_default();
+            // The state follows the command name in parentheses.
+            if s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('T')
+            {
+                break;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "abup ended ({status}) before pausing: {}",
+                    std::fs::read_to_string(&err).unwrap()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "abup never paused"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        tamper();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGCONT,
+        )
+        .unwrap();
+        let status = child.wait().unwrap();
+        Output {
+            code: status.code(),
+            stdout: std::fs::read(&out).unwrap(),
+            stderr: std::fs::read(&err).unwrap(),
+        }
+    }
+
+    /// The durable writes of a complete install of `bundle` (undone afterwards: the device is
+    /// put back as it was), as `-vv` names them.
+    pub fn install_writes(&self, bundle: &Path) -> Vec<String> {
+        super::require_fault_injection();
+        let saved = self.save();
+        let out = self.abup(&["-vv", "install", bundle.to_str().unwrap()]);
+        out.success();
+        self.restore(&saved);
+        super::durable_writes(&out)
     }
 
     /// The running slot, as the kernel command line says.

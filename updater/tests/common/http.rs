@@ -54,7 +54,8 @@ fn handle(
     }
     seen.lock().unwrap().push(range.clone());
     let data = std::fs::read(file)?;
-    if !first.starts_with("GET /bundle ") {
+    // A query (a download token) is the client's business; the path must match.
+    if !(first.starts_with("GET /bundle ") || first.starts_with("GET /bundle?")) {
         return stream.write_all(
             b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
         );

@@ -60,6 +60,29 @@ pub fn abup_with(args: &[&str], env: &[(&str, &OsStr)]) -> Output {
     }
 }
 
+/// Fails the test, saying why, unless the `abup` under test obeys the fault-injection
+/// switches: `cargo test` builds it with the `fault-injection` feature, but a plain `cargo
+/// build` in between replaces target/debug/abup with a binary that ignores them.
+pub fn require_fault_injection() {
+    static CHECKED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let armed = *CHECKED.get_or_init(|| {
+        let t = Tmp::new();
+        let env = t.path("env");
+        let out = abup_with(
+            &["env", "--grub", env.to_str().unwrap(), "create"],
+            &[("ABUP_CUT_AFTER_WRITES", OsStr::new("1"))],
+        );
+        out.code.is_none()
+    });
+    assert!(
+        armed,
+        "{} ignores ABUP_CUT_AFTER_WRITES: it was built without the fault-injection feature \
+         (a plain `cargo build` replaced the test build); run the tests with `cargo test`, which \
+         puts the test build back",
+        env!("CARGO_BIN_EXE_abup")
+    );
+}
+
 /// Runs a tool that must succeed and returns its stdout.
 pub fn run_ok(tool: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&run_bytes(tool, args)).into_owned()

@@ -1,3 +1,5 @@
+use std::path::Path;
+
 use super::*;
 
 fn tmpdir() -> tempfile::TempDir {
@@ -155,7 +157,10 @@ fn keyring_errors_name_the_file() {
     std::fs::create_dir(dir.path().join("dir.pem")).unwrap();
     assert!(matches!(
         Keyring::load(dir.path()),
-        Err(Error::Keyring { .. })
+        Err(Error::KeyFileNotRegular {
+            kind: "a directory",
+            ..
+        })
     ));
 
     let missing = dir.path().join("missing");
@@ -178,4 +183,127 @@ fn keyring_file_count_is_bounded() {
         Keyring::load(dir.path()),
         Err(Error::KeyringTooLarge { .. })
     ));
+}
+
+/// `f()` on another thread, or a failure after a few seconds instead of a test that hangs.
+fn within_seconds<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(f()));
+    rx.recv_timeout(std::time::Duration::from_secs(5))
+        .expect("it hung: a FIFO was opened or read blocking")
+}
+
+fn write_mode(path: &Path, text: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn a_fifo_is_refused_without_waiting_for_a_writer() {
+    let dir = tmpdir();
+    std::fs::write(
+        dir.path().join("good.pem"),
+        generate_key().public_key().to_pem(),
+    )
+    .unwrap();
+    let fifo = dir.path().join("x.pem");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    // The file itself, then the directory: each must answer at once.
+    let f = fifo.clone();
+    match within_seconds(move || load_public_key(&f)) {
+        Err(Error::KeyFileNotRegular { path, kind }) => {
+            assert_eq!((path, kind), (fifo, "a FIFO"))
+        }
+        r => panic!("{r:?}"),
+    }
+    let d = dir.path().to_path_buf();
+    match within_seconds(move || Keyring::load(&d)) {
+        Err(e @ Error::KeyFileNotRegular { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("x.pem") && msg.contains("FIFO"), "{msg}");
+        }
+        r => panic!("{r:?}"),
+    }
+}
+
+#[test]
+fn a_symbolic_link_is_not_followed() {
+    let dir = tmpdir();
+    let elsewhere = tmpdir();
+    let target = elsewhere.path().join("evil.pem");
+    std::fs::write(&target, generate_key().public_key().to_pem()).unwrap();
+    let link = dir.path().join("evil.pem");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    match load_public_key(&link) {
+        Err(Error::KeyFileNotRegular { kind, .. }) => assert_eq!(kind, "a symbolic link"),
+        r => panic!("{r:?}"),
+    }
+    match Keyring::load(dir.path()) {
+        Err(e @ Error::KeyFileNotRegular { .. }) => {
+            assert!(e.to_string().contains("evil.pem"), "{e}")
+        }
+        r => panic!("{r:?}"),
+    }
+}
+
+#[test]
+fn hidden_files_are_ignored() {
+    let dir = tmpdir();
+    let good = generate_key().public_key();
+    std::fs::write(dir.path().join("good.pem"), good.to_pem()).unwrap();
+    let hidden = generate_key().public_key();
+    std::fs::write(dir.path().join(".hidden.pem"), hidden.to_pem()).unwrap();
+    // Not even opened: a hidden FIFO does not matter either.
+    nix::unistd::mkfifo(
+        &dir.path().join(".fifo.pem"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    let d = dir.path().to_path_buf();
+    let ring = within_seconds(move || Keyring::load(&d)).unwrap();
+    assert_eq!(ring.len(), 1);
+    assert_eq!(ring.get(&good.key_id()), Some(&good));
+    assert_eq!(ring.get(&hidden.key_id()), None);
+}
+
+#[test]
+fn writable_by_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tmpdir();
+    write_mode(
+        &dir.path().join("good.pem"),
+        &generate_key().public_key().to_pem(),
+        0o644,
+    );
+    for mode in [0o755, 0o700, 0o555, 0o1755] {
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        assert_eq!(Keyring::load(dir.path()).unwrap().len(), 1, "mode {mode:o}");
+    }
+    for mode in [0o775, 0o757, 0o777, 0o1777] {
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        match Keyring::load(dir.path()) {
+            Err(e @ Error::KeyringWritable { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
+                assert!(msg.contains("chmod go-w"), "{msg}");
+                assert!(!msg.contains('\n'), "{msg}");
+            }
+            r => panic!("mode {mode:o}: {r:?}"),
+        }
+    }
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for mode in [0o664, 0o646, 0o666] {
+        write_mode(
+            &dir.path().join("good.pem"),
+            &generate_key().public_key().to_pem(),
+            mode,
+        );
+        match Keyring::load(dir.path()) {
+            Err(e @ Error::KeyFileWritable { .. }) => {
+                assert!(e.to_string().contains("good.pem"), "{e}")
+            }
+            r => panic!("mode {mode:o}: {r:?}"),
+        }
+    }
 }
