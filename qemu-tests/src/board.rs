@@ -97,6 +97,15 @@ impl Board {
         }
     }
 
+    /// What the console shows once the bootloader has started a kernel.
+    pub fn kernel_started_marker(self) -> &'static str {
+        if self.is_grub() {
+            "Booting `abup slot"
+        } else {
+            "Starting kernel"
+        }
+    }
+
     /// QEMU for one power-on of `disk`. `dir` holds per-device firmware state (OVMF vars).
     pub fn qemu(self, disk: &Path, dir: &Path) -> Result<Command> {
         let mut qemu = match self {

@@ -303,9 +303,49 @@ impl Device {
 
     /// Powers on and waits until the guest has booted, run its boot-success service and
     /// reported its state.
+    ///
+    /// A kernel that was started and then showed nothing for [`BOOT_TIMEOUT`] (seen a few
+    /// times under software emulation with both cores busy, before the system printed a
+    /// line) is powered on once more from the disk as it was before that power-on, as a
+    /// watchdog would reset a real device; the log says so. Anything that hangs before the
+    /// kernel, or again, fails the test.
     pub fn boot(&mut self) -> Result<Boot> {
+        let before = self.dir.join("disk.before-boot");
+        run(Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&self.disk)
+            .arg(&before))?;
+        match self.boot_once() {
+            Err(e) if e.is::<KernelHang>() => {
+                eprintln!(
+                    "{}: {e}; powering on again from the disk as it was before",
+                    self.board.name()
+                );
+                run(Command::new("cp")
+                    .arg("--sparse=always")
+                    .arg(&before)
+                    .arg(&self.disk))?;
+                self.boot_once()
+            }
+            r => r,
+        }
+    }
+
+    fn boot_once(&mut self) -> Result<Boot> {
         let mut vm = self.power_on()?;
-        vm.expect(rootfs::BOOTED, BOOT_TIMEOUT)?;
+        if let Err(e) = vm.expect(rootfs::BOOTED, BOOT_TIMEOUT) {
+            if vm.running() {
+                vm.kill();
+                let console = vm.rest()?;
+                if console.contains(self.board.kernel_started_marker()) {
+                    return Err(KernelHang {
+                        power_on: self.boots,
+                    }
+                    .into());
+                }
+            }
+            return Err(e);
+        }
         let rest = vm.expect("\n", Duration::from_secs(10))?;
         let field = |name: &str| {
             rest.split_whitespace()
@@ -745,6 +785,13 @@ fn fw_env_config(dir: &Path) -> Result<PathBuf> {
 pub fn shutdown(vm: &mut Vm) -> Result<()> {
     vm.send("sync; reboot -f")?;
     vm.wait_exit(Duration::from_secs(60))
+}
+
+/// A started kernel that showed nothing before the boot timed out.
+#[derive(Debug, thiserror::Error)]
+#[error("power-on {power_on}: the kernel was started and nothing followed within {BOOT_TIMEOUT:?}")]
+struct KernelHang {
+    power_on: usize,
 }
 
 /// How often a power cut is tried again when it lands somewhere else than aimed.
