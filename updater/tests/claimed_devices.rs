@@ -60,29 +60,6 @@ fn slot_b_on_loop(f: &Fixture) -> Loop {
     dev
 }
 
-/// Asserts a refusal: exit status 1 and one line on stderr, `abup: error: ...`, that says
-/// each of `what` (compared with spaces normalised), written without runs of spaces.
-fn assert_refused(out: &Output, what: &[&str]) {
-    let err = out.stderr_text();
-    assert_eq!(
-        out.code,
-        Some(1),
-        "not refused; stdout: {}, stderr: {err}",
-        out.stdout_text()
-    );
-    let normalised = err.split_whitespace().collect::<Vec<_>>().join(" ");
-    for w in what {
-        assert!(normalised.contains(w), "expected {w:?} in: {err}");
-    }
-    assert_eq!(err.lines().count(), 1, "not one line: {err}");
-    assert!(err.starts_with("abup: error: "), "{err}");
-    assert!(
-        !err.trim_end().contains("  "),
-        "the message has a run of spaces (a string literal broken across lines without a \
-         `\\`?): {err:?}"
-    );
-}
-
 /// An install into a held slot B: refused as in use, nothing written to the environment or
 /// the slot. Then, once `release` has let go of it, the same install goes through, so the
 /// refusal was the holder's doing.
@@ -91,10 +68,7 @@ fn refused_while_held(f: &Fixture, dev: &Loop, release: impl FnOnce()) {
     let b = f.bundle("b.abup", &img, "2.0", 0);
     let (env, slot) = (f.env(), f.slot("B"));
     let out = f.abup(&["install", b.to_str().unwrap()]);
-    assert_refused(
-        &out,
-        &[&format!("slot device {} is in use", dev.0), "release it"],
-    );
+    out.assert_refused(&[&format!("slot device {} is in use", dev.0), "release it"]);
     assert_eq!(f.env(), env, "the environment is untouched");
     assert_eq!(f.slot("B"), slot, "the slot is untouched");
     assert_eq!(f.status()["next_boot"], "A");
@@ -204,13 +178,10 @@ fn without_proc_the_target_is_not_assumed_free() {
         stdout: out.stdout,
         stderr: out.stderr,
     };
-    assert_refused(
-        &out,
-        &[
-            &format!("cannot tell whether {} is mounted", dev.0),
-            "mount /proc first",
-        ],
-    );
+    out.assert_refused(&[
+        &format!("cannot tell whether {} is mounted", dev.0),
+        "mount /proc first",
+    ]);
     assert_eq!(f.env(), env, "the environment is untouched");
     assert_eq!(f.slot("B"), slot, "the slot is untouched");
     // With /proc, the same install goes through.

@@ -81,27 +81,6 @@ fn within(dir: &Path, mut cmd: Command, what: &str, limit: Duration) -> Output {
     }
 }
 
-/// Asserts a refusal: exit status 1 and one line on stderr, `abup: error: ...`, that says
-/// `what` (compared with its spaces normalised), written without runs of spaces.
-fn assert_refused(out: &Output, what: &str) {
-    let err = out.stderr_text();
-    assert_eq!(
-        out.code,
-        Some(1),
-        "not refused; stdout: {}, stderr: {err}",
-        out.stdout_text()
-    );
-    let normalised = err.split_whitespace().collect::<Vec<_>>().join(" ");
-    assert!(normalised.contains(what), "expected {what:?} in: {err}");
-    assert_eq!(err.lines().count(), 1, "not one line: {err}");
-    assert!(err.starts_with("abup: error: "), "{err}");
-    assert!(
-        !err.trim_end().contains("  "),
-        "the message has a run of spaces (a string literal broken across lines without a \
-         `\\`?): {err:?}"
-    );
-}
-
 /// How many bytes of `bundle` the header, manifest, signature and the first `chunks` stored
 /// chunks take (docs/bundle-format.md: the manifest length at byte 12, the signature block
 /// after the manifest, then the stored chunks of image 0 in order).
@@ -270,7 +249,7 @@ fn a_stalled_install_holds_no_environment_lock() {
     let env = f.env();
     for cmd in [["mark-active", "B"], ["mark-good", "B"]] {
         let out = within(&dir, abup_cmd(&f, &cmd), &cmd.join(" "), PROMPT);
-        assert_refused(&out, "slot B is being written");
+        out.assert_refused(&["slot B is being written"]);
     }
     assert_eq!(
         f.env(),
@@ -372,7 +351,7 @@ fn fw_printenv_answers_during_a_stalled_install_on_u_boot() {
         "abup mark-active B",
         PROMPT,
     );
-    assert_refused(&out, "slot B is being written");
+    out.assert_refused(&["slot B is being written"]);
     assert_eq!(
         uboot_env(),
         env,

@@ -23,6 +23,29 @@ impl Output {
         String::from_utf8_lossy(&self.stderr).into_owned()
     }
 
+    /// Asserts a refusal: exit status 1 and one line on stderr, `abup: error: ...`, that says
+    /// each of `what` (compared with spaces normalised), written without runs of spaces.
+    pub fn assert_refused(&self, what: &[&str]) {
+        let err = self.stderr_text();
+        assert_eq!(
+            self.code,
+            Some(1),
+            "not refused; stdout: {}, stderr: {err}",
+            self.stdout_text()
+        );
+        let normalised = err.split_whitespace().collect::<Vec<_>>().join(" ");
+        for w in what {
+            assert!(normalised.contains(w), "expected {w:?} in: {err}");
+        }
+        assert_eq!(err.lines().count(), 1, "not one line: {err}");
+        assert!(err.starts_with("abup: error: "), "{err}");
+        assert!(
+            !err.trim_end().contains("  "),
+            "the message has a run of spaces (a string literal broken across lines without a \
+             `\\`?): {err:?}"
+        );
+    }
+
     /// Asserts exit status 0, showing stderr otherwise.
     pub fn success(&self) -> &Self {
         assert_eq!(self.code, Some(0), "stderr: {}", self.stderr_text());
