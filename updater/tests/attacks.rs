@@ -9,7 +9,7 @@ mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-use common::fixture::{image, Fixture};
+use common::fixture::{first_block_and_last_checkpoint, image, Fixture};
 use sha2::{Digest, Sha256};
 
 const SLOT: u64 = 2 << 20;
@@ -54,15 +54,8 @@ fn env_var(f: &Fixture, name: &str) -> Option<String> {
 fn a_held_block_swapped_after_it_was_hashed_is_not_written() {
     let (f, b) = device();
     let writes = f.install_writes(&b);
-    let first_block = writes
-        .iter()
-        .rposition(|w| w.ends_with("slot-b at 0"))
-        .unwrap();
     // After the last checkpoint the read-back has long hashed the held block.
-    let last_checkpoint = writes[..first_block]
-        .iter()
-        .rposition(|w| w.ends_with("install.json"))
-        .unwrap();
+    let (_, last_checkpoint) = first_block_and_last_checkpoint(&writes);
     let held = f.state.join("install-first-block.0");
     let out = f.install_paused(&b, last_checkpoint + 1, || {
         std::fs::write(&held, vec![0xee; 4096]).unwrap();

@@ -12,7 +12,7 @@ mod common;
 
 use std::os::unix::fs::FileExt;
 
-use common::fixture::{image, Fixture};
+use common::fixture::{first_block_and_last_checkpoint, image, Fixture};
 use common::Output;
 
 const SLOT: u64 = 2 << 20;
@@ -67,14 +67,7 @@ fn a_slot_changed_before_its_read_back_fails_the_install_and_starts_over() {
     let slot_a = f.slot("A");
     // The last checkpoint of the payload: its region is synced and journalled, and not yet
     // handed to the read-back.
-    let first_block = writes
-        .iter()
-        .rposition(|w| w.ends_with("slot-b at 0"))
-        .unwrap();
-    let last_checkpoint = writes[..first_block]
-        .iter()
-        .rposition(|w| w.ends_with("install.json"))
-        .unwrap();
+    let (_, last_checkpoint) = first_block_and_last_checkpoint(&writes);
     let out = f.install_paused(&b, last_checkpoint + 1, || {
         corrupt(&f, image_v2().len() as u64 - 100)
     });
@@ -94,10 +87,7 @@ fn a_slot_changed_before_its_read_back_fails_the_install_and_starts_over() {
 fn a_first_block_changed_before_its_read_back_fails_the_install_and_resumes() {
     let (f, b, writes) = device();
     let slot_a = f.slot("A");
-    let first_block = writes
-        .iter()
-        .rposition(|w| w.ends_with("slot-b at 0"))
-        .unwrap();
+    let (first_block, _) = first_block_and_last_checkpoint(&writes);
     let out = f.install_paused(&b, first_block + 1, || corrupt(&f, 1500));
     check_refused(&f, &out, &slot_a, "did not read back as written");
     assert!(

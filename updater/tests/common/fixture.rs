@@ -36,6 +36,21 @@ pub fn image(len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
+/// Where in an install's durable writes (`Fixture::install_writes`, 0-based) the held-back
+/// first block of slot B is finally written, and the last journal checkpoint before it: the
+/// moment its last region is synced and not yet read back.
+pub fn first_block_and_last_checkpoint(writes: &[String]) -> (usize, usize) {
+    let first_block = writes
+        .iter()
+        .rposition(|w| w.ends_with("slot-b at 0"))
+        .expect("the install writes slot B's first block");
+    let checkpoint = writes[..first_block]
+        .iter()
+        .rposition(|w| w.ends_with("install.json"))
+        .expect("a journal checkpoint before the first block");
+    (first_block, checkpoint)
+}
+
 impl Fixture {
     /// Slots of `slot_size` bytes; `extra` is appended to the board file (hooks and such).
     pub fn new(slot_size: u64, extra: &str) -> Fixture {
