@@ -380,16 +380,7 @@ fn every_mark_writes_the_whole_state_in_order() {
     for c in [&c0, &c1] {
         std::fs::write(c, vec![0u8; 0x4000]).unwrap();
     }
-    abup(&[
-        "env",
-        "--uboot-config",
-        cfg.to_str().unwrap(),
-        "create",
-        "BOOT_ORDER=A B",
-        "BOOT_A_LEFT=3",
-        "BOOT_GOOD=A",
-    ])
-    .success();
+    common::factory_env_at(&["--uboot-config", cfg.to_str().unwrap()]);
     std::fs::write(
         &board,
         std::fs::read_to_string(&board).unwrap().replace(

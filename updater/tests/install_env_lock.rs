@@ -291,17 +291,7 @@ fn fw_printenv_answers_during_a_stalled_install_on_u_boot() {
     for c in &copies {
         std::fs::write(c, vec![0u8; 0x4000]).unwrap();
     }
-    common::abup(&[
-        "env",
-        "--uboot-config",
-        cfg.to_str().unwrap(),
-        "create",
-        "BOOT_ORDER=A B",
-        "BOOT_A_LEFT=3",
-        "BOOT_B_LEFT=0",
-        "BOOT_GOOD=A",
-    ])
-    .success();
+    common::factory_env_at(&["--uboot-config", cfg.to_str().unwrap()]);
     let board = std::fs::read_to_string(&f.board).unwrap();
     let grub = format!(
         "type = \"grub\"\ngrubenv = [{:?}, {:?}]",

@@ -211,17 +211,25 @@ pub fn board_file(t: &Tmp, kind: &str) -> PathBuf {
 
 /// Creates the GRUB pair `e0`/`e1` in the factory state: A first, confirmed, 3 tries.
 pub fn factory_env(e0: &Path, e1: &Path) {
-    abup(&[
-        "env",
+    factory_env_at(&[
         "--grub",
         e0.to_str().unwrap(),
         "--grub",
         e1.to_str().unwrap(),
+    ]);
+}
+
+/// Creates the environment that `location` names (`env` options such as `--grub FILE` or
+/// `--uboot-config FILE`) in the factory state: A first, confirmed, 3 tries; B none.
+pub fn factory_env_at(location: &[&str]) {
+    let mut args = vec!["env"];
+    args.extend_from_slice(location);
+    args.extend([
         "create",
         "BOOT_ORDER=A B",
         "BOOT_A_LEFT=3",
         "BOOT_B_LEFT=0",
         "BOOT_GOOD=A",
-    ])
-    .success();
+    ]);
+    abup(&args).success();
 }
