@@ -61,7 +61,11 @@ pub fn run(op: BundleOp) -> Result<Outcome> {
             keyring,
             json,
         } => info(&bundle, keyring.as_deref(), json),
-        BundleOp::Verify { bundle, keyring } => verify(&bundle, &keyring),
+        BundleOp::Verify {
+            bundle,
+            keyring,
+            bases,
+        } => verify(&bundle, &keyring, &bases),
     }
 }
 
@@ -101,13 +105,21 @@ fn create(args: CreateArgs) -> Result<Outcome> {
             bundle::MAX_INSTALL_CHUNK_SIZE
         );
     }
-    let mut named: Vec<(String, PathBuf)> = Vec::new();
-    for spec in &args.images {
-        let (class, path) = match spec.split_once('=') {
-            Some((c, p)) if !c.is_empty() && !c.contains('/') => (c.to_owned(), PathBuf::from(p)),
-            _ => (ROOTFS_CLASS.to_owned(), PathBuf::from(spec)),
-        };
-        named.push((class, path));
+    let named: Vec<(String, PathBuf)> = args.images.iter().map(|s| class_spec(s)).collect();
+    let mut bases: Vec<(String, Vec<u8>)> = Vec::new();
+    for spec in &args.delta_from {
+        let (class, path) = class_spec(spec);
+        if !named.iter().any(|(c, _)| *c == class) {
+            bail!(
+                "--delta-from {spec}: the bundle has no {class} image; give it with --image {class}=FILE"
+            );
+        }
+        if bases.iter().any(|(c, _)| *c == class) {
+            bail!("--delta-from names two bases for the {class} image");
+        }
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("reading the base image {}", path.display()))?;
+        bases.push((class, bytes));
     }
     let key_pem = read_bounded(&args.key, bundle::MAX_KEY_FILE_LEN)?;
     let key = SecretKey::from_pem(&key_pem)
@@ -127,7 +139,11 @@ fn create(args: CreateArgs) -> Result<Outcome> {
         } else {
             Compression::Zstd
         },
-        level: args.level,
+        level: args.level.unwrap_or(if bases.is_empty() {
+            bundle::DEFAULT_LEVEL
+        } else {
+            bundle::DEFAULT_DELTA_LEVEL
+        }),
         threads: 0,
     };
     let mut files = Vec::new();
@@ -142,6 +158,10 @@ fn create(args: CreateArgs) -> Result<Outcome> {
         .map(|((class, _), f)| ImageSource {
             slot_class: class.clone(),
             reader: f,
+            base: bases
+                .iter()
+                .find(|(c, _)| c == class)
+                .map(|(_, b)| b.as_slice()),
         })
         .collect();
     // The payload is compressed into a scratch file first, because the manifest (with every
@@ -178,6 +198,14 @@ fn create(args: CreateArgs) -> Result<Outcome> {
         hex::encode(&key.public_key().key_id()),
     );
     Ok(Outcome::Done)
+}
+
+/// `CLASS=FILE`, or `FILE` for the rootfs class.
+fn class_spec(spec: &str) -> (String, PathBuf) {
+    match spec.split_once('=') {
+        Some((c, p)) if !c.is_empty() && !c.contains('/') => (c.to_owned(), PathBuf::from(p)),
+        _ => (ROOTFS_CLASS.to_owned(), PathBuf::from(spec)),
+    }
 }
 
 /// Reads a small text file, refusing one larger than `max` bytes: the limit holds while
@@ -241,6 +269,19 @@ fn info(path: &Path, keyring: Option<&Path>, json: bool) -> Result<Outcome> {
         }
     );
     for image in &manifest.images {
+        if let Some(base) = image.kind.base() {
+            let count = |name: &str| image.chunks.iter().filter(|c| c.op.name() == name).count();
+            println!(
+                "image {}: delta against a base of {} bytes with sha256 {}: {} copy, {} patch, {} data, {} zero chunks",
+                image.slot_class,
+                base.size,
+                hex::encode(&base.sha256),
+                count("copy"),
+                count("patch"),
+                count("data"),
+                count("zero"),
+            );
+        }
         println!(
             "image {}: {} bytes, sha256 {}, {} chunks of {} bytes, {}, {} bytes stored",
             image.slot_class,
@@ -255,11 +296,27 @@ fn info(path: &Path, keyring: Option<&Path>, json: bool) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-fn verify(path: &Path, keyring_dir: &Path) -> Result<Outcome> {
+fn verify(path: &Path, keyring_dir: &Path, base_specs: &[String]) -> Result<Outcome> {
     let keyring = Keyring::load(keyring_dir)
         .with_context(|| format!("loading the keyring {}", keyring_dir.display()))?;
-    let v = bundle::verify_all(&mut open_bundle(path)?, &keyring)
+    let mut bases = Vec::new();
+    for spec in base_specs {
+        let (class, path) = class_spec(spec);
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("reading the base image {}", path.display()))?;
+        bases.push((class, bytes));
+    }
+    let base_refs: Vec<(&str, &[u8])> = bases
+        .iter()
+        .map(|(c, b)| (c.as_str(), b.as_slice()))
+        .collect();
+    let (v, unchecked) = bundle::verify_all(&mut open_bundle(path)?, &keyring, &base_refs)
         .map_err(|e| Refused(format!("bundle {} is not valid: {e}", path.display())))?;
+    for class in &unchecked {
+        println!(
+            "delta image {class}: stored chunks checked; give --base {class}=FILE to rebuild it and check its hash"
+        );
+    }
     println!(
         "bundle {} is valid: {} for {}, signed by {}",
         path.display(),

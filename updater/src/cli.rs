@@ -111,7 +111,16 @@ pub enum Command {
         activated with its tries (one environment update). Reboot to try it; its boot-success \
         service confirms it with `abup mark-good`.\n\n\
         Interrupted (network, kill -9, power cut), the same command continues from the last \
-        synced chunk, asking a web server for the rest with a Range request."
+        synced chunk, asking a web server for the rest with a Range request.\n\n\
+        A delta bundle (built with `abup bundle create --delta-from`) installs the same way: \
+        it reads the running slot (read-only) for the data that did not change. Before \
+        anything is written, every base range it reads is checked against its hash; if the \
+        running slot is not the base the delta was built against (another release, or a root \
+        that was mounted read-write), the install stops there with one line naming the base \
+        it needs and the base it found, unless --fallback names the full bundle of the same \
+        release: then the chunks that cannot be rebuilt are fetched from it (HTTP Range \
+        requests for a URL), at most --max-download bytes. --dry-run reports how many bytes \
+        would come from the bundle, the base and the fallback, and writes nothing."
     )]
     Install(InstallArgs),
 
@@ -246,6 +255,25 @@ pub struct InstallArgs {
     #[arg(long, value_name = "NAME")]
     pub slot: Option<String>,
 
+    /// For a delta bundle: the full bundle of the same release (a file or an http(s) URL),
+    /// from which the chunks that the running slot cannot rebuild are fetched, each checked
+    /// against that bundle's signed manifest. Without it a base that does not match stops the
+    /// install before anything is written.
+    #[arg(long, value_name = "SOURCE")]
+    pub fallback: Option<String>,
+
+    /// The most bytes the fallback may supply (suffixes K, M, G: powers of 1024); an install
+    /// that would need more stops before writing, or, if the base changes under it, before
+    /// activating anything.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub max_download: Option<u64>,
+
+    /// Check everything an install checks (signature, board, security floor, target, every
+    /// base range of a delta) and report how many bytes would come from the bundle, the
+    /// running slot and the fallback; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
     /// Progress reports: a bar on a terminal, or one JSON object a line on standard output
     /// (`{"version":1,"phase":...,"done":...,"total":...,"verified":...}`: bytes written,
     /// or read back in the `check` phase, of `total`; `verified`, the bytes read back so far,
@@ -262,6 +290,30 @@ pub struct InstallArgs {
     pub retry_wait: f64,
 }
 
+/// A byte count: digits, optionally followed by K, M or G (powers of 1024).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => s.split_at(i),
+        None => (s, ""),
+    };
+    let shift = match unit {
+        "" => 0,
+        "K" | "k" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        _ => {
+            return Err(format!(
+                "{s:?} is not a byte count like 50000000, 512K, 40M or 2G"
+            ))
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("{s:?} is not a byte count like 50000000, 512K, 40M or 2G"))
+}
+
 #[derive(Debug, Subcommand)]
 pub enum BundleOp {
     /// Build a signed bundle from one or more slot images.
@@ -269,7 +321,19 @@ pub enum BundleOp {
         Each image is cut into chunks compressed independently with zstd, so devices can \
         decode on every core and resume an interrupted download at any chunk. The same \
         images, options and key always give the same bytes: the creation time is \
-        --created, else $SOURCE_DATE_EPOCH, else the newest image's modification time.")]
+        --created, else $SOURCE_DATE_EPOCH, else the newest image's modification time.\n\n\
+        With --delta-from, an image becomes a delta against the image a device's running \
+        slot holds (the base): each chunk is then zeros, a copy of base bytes found anywhere \
+        in the base, a zstd frame patched against a window of base bytes (at most 8 MiB: \
+        for ext4 images, the old version of each file the chunk holds, paired by path or by \
+        path with its version numbers changed), or plain data. Devices holding that base \
+        download only what changed; a device whose slot does not match the base refuses \
+        the delta before writing anything (or completes it from a full bundle given with \
+        `abup install --fallback`). Building a delta reads both images into memory and \
+        compresses at level 19 by default: for a pair of 1.5 GiB ext4 root filesystems it \
+        takes about 3.5 GB of memory and several minutes on two cores (see the README's \
+        performance section). Build the base from exactly the image the devices were \
+        given; a delta checks every byte it reads from the base.")]
     Create(CreateArgs),
     /// Show what a bundle contains (checked against a keyring when one is given).
     Info {
@@ -289,6 +353,11 @@ pub enum BundleOp {
         /// Directory of public keys to accept.
         #[arg(long, value_name = "DIR", required = true)]
         keyring: PathBuf,
+        /// The base a delta image was built against (CLASS=FILE, or FILE for rootfs): the
+        /// image is then rebuilt and its hash checked. Without it only a delta's stored
+        /// chunks are checked.
+        #[arg(long = "base", value_name = "[CLASS=]FILE")]
+        bases: Vec<String>,
     },
 }
 
@@ -315,9 +384,9 @@ pub struct CreateArgs {
     /// installs).
     #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES")]
     pub chunk_size: u32,
-    /// zstd level (1 fastest to 19 smallest).
-    #[arg(long, default_value_t = 3, value_name = "N")]
-    pub level: i32,
+    /// zstd level (1 fastest to 19 smallest; default 3, and 19 for deltas).
+    #[arg(long, value_name = "N")]
+    pub level: Option<i32>,
     /// Store chunks uncompressed.
     #[arg(long)]
     pub no_compression: bool,
@@ -325,6 +394,11 @@ pub struct CreateArgs {
     /// several images.
     #[arg(long = "image", value_name = "[CLASS=]FILE", required = true)]
     pub images: Vec<String>,
+    /// Build the image of the same class as a delta against OLD, the image the devices'
+    /// running slot holds: CLASS=OLD, or OLD for the rootfs class. Repeat for several
+    /// images; an image without one stays full.
+    #[arg(long = "delta-from", value_name = "[CLASS=]OLD")]
+    pub delta_from: Vec<String>,
     /// Where to write the bundle.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,

@@ -539,7 +539,21 @@ fn install(board: &Board, args: InstallArgs) -> Result<Outcome> {
             first_wait: std::time::Duration::from_secs_f64(args.retry_wait),
         },
         progress: args.progress,
+        fallback: args.fallback.as_deref().map(Source::parse),
+        max_download: args.max_download,
     };
+    if matches!(opts.fallback, Some(Source::Stdin)) {
+        bail!("--fallback must be a file or an http(s) URL: its chunks are fetched out of order");
+    }
+    if args.dry_run {
+        let report = crate::install::dry_run(board, &opts)?;
+        if args.progress == crate::install::ProgressMode::Json {
+            println!("{}", report.json());
+        } else {
+            println!("{report}");
+        }
+        return Ok(Outcome::Done);
+    }
     let done = crate::install::install(board, &opts)?;
     let name = board.slots.name(done.target);
     if args.progress != crate::install::ProgressMode::Json {

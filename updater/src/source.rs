@@ -215,6 +215,43 @@ impl BundleReader {
         Ok(())
     }
 
+    /// Reads exactly `buf.len()` bytes at `offset`, anywhere in the bundle, leaving the stream
+    /// position alone: a file is read in place, a URL with one `Range` request for just those
+    /// bytes (retried like the stream). What a fallback bundle needs, whose chunks an install
+    /// fetches out of order. Standard input cannot go back, so it fails.
+    pub fn read_range(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        match &mut self.inner {
+            Inner::File(f) => std::os::unix::fs::FileExt::read_exact_at(f, buf, offset),
+            Inner::Stdin(_) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "standard input cannot be read out of order",
+            )),
+            Inner::Http(h) => {
+                let mut failures = 0u32;
+                let mut wait = self.retry.first_wait;
+                loop {
+                    match http_range(h, offset, buf) {
+                        Ok(()) => return Ok(()),
+                        Err(e) if failures < self.retry.attempts => {
+                            failures += 1;
+                            log::warn!(
+                                "fetching bytes {offset}+{} failed ({e}); retrying in {wait:?} ({failures}/{})",
+                                buf.len(),
+                                self.retry.attempts
+                            );
+                            std::thread::sleep(wait);
+                            wait = (wait * 2).min(MAX_WAIT);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+
     fn http_connect(&mut self) -> io::Result<()> {
         let Inner::Http(h) = &mut self.inner else {
             return Ok(());
@@ -317,6 +354,35 @@ impl BundleReader {
             }
         }
     }
+}
+
+/// One `Range: bytes=A-B` request for exactly `buf`: the answer must be a 206 for exactly
+/// those bytes.
+fn http_range(h: &Http, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    let last = offset + buf.len() as u64 - 1;
+    let resp = h
+        .agent
+        .get(&h.url)
+        .set("Range", &format!("bytes={offset}-{last}"))
+        .call()
+        .map_err(http_error)?;
+    if resp.status() != 206 {
+        return Err(io::Error::other(
+            "the server ignored the Range request, so single chunks cannot be fetched from it",
+        ));
+    }
+    let value = resp.header("Content-Range").unwrap_or_default().to_owned();
+    match parse_content_range(&value) {
+        Some((start, _)) if start == offset => {}
+        _ => {
+            return Err(server_error(&format!(
+                "the server's Content-Range \"{value}\" does not start at byte {offset}"
+            )))
+        }
+    }
+    resp.into_reader()
+        .read_exact(buf)
+        .map_err(|e| io::Error::new(e.kind(), server_text(&e.to_string())))
 }
 
 impl Read for BundleReader {

@@ -115,6 +115,7 @@ fn small_bundle(key: &SecretKey) -> Vec<u8> {
     let mut sources = [ImageSource {
         slot_class: "rootfs".into(),
         reader: &mut reader,
+        base: None,
     }];
     let opts = CreateOptions {
         compatible: "board".into(),

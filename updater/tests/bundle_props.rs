@@ -26,6 +26,7 @@ fn seed_manifest() -> &'static [u8] {
         let mut sources = [ImageSource {
             slot_class: "rootfs".into(),
             reader: &mut r,
+            base: None,
         }];
         let opts = CreateOptions {
             compatible: "board".into(),
@@ -212,7 +213,7 @@ proptest! {
         let mut sources: Vec<ImageSource<'_>> = readers
             .iter_mut()
             .enumerate()
-            .map(|(i, r)| ImageSource { slot_class: format!("part{i}"), reader: r })
+            .map(|(i, r)| ImageSource { slot_class: format!("part{i}"), reader: r , base: None })
             .collect();
         let opts = CreateOptions {
             compatible: "board".into(),
@@ -226,7 +227,7 @@ proptest! {
         let mut b = Vec::new();
         let m = bundle::create(&opts, &mut sources, key(), &mut Cursor::new(Vec::new()), &mut b).unwrap();
         let ring = Keyring::from_keys(vec![key().public_key()]);
-        let v = verify_all(&mut b.as_slice(), &ring).unwrap();
+        let v = verify_all(&mut b.as_slice(), &ring, &[]).unwrap().0;
         prop_assert_eq!(&v.manifest, &m);
         let mut decoder = Decoder::new().unwrap();
         let mut out = Vec::new();

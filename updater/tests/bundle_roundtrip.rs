@@ -69,6 +69,7 @@ fn build(opts: &CreateOptions, images: &[(&str, &[u8])], key: &SecretKey) -> (Ve
         .map(|((class, _), f)| ImageSource {
             slot_class: class.to_string(),
             reader: f,
+            base: None,
         })
         .collect();
     let mut out = Vec::new();
@@ -126,7 +127,7 @@ fn single_images_of_awkward_sizes() {
             assert_eq!(m.images[0].chunks.len(), size.div_ceil(CS), "{size}");
             assert_eq!(m.images[0].sha256, <[u8; 32]>::from(Sha256::digest(&data)));
             assert_eq!(install(&b, &ring(&key)), vec![data], "{size} {compression}");
-            let v = verify_all(&mut b.as_slice(), &ring(&key)).unwrap();
+            let v = verify_all(&mut b.as_slice(), &ring(&key), &[]).unwrap().0;
             assert_eq!(v.manifest, m);
         }
     }
@@ -151,7 +152,7 @@ fn several_images() {
         "images keep their order"
     );
     assert_eq!(install(&b, &ring(&key)), vec![boot, rootfs, tiny]);
-    verify_all(&mut b.as_slice(), &ring(&key)).unwrap();
+    verify_all(&mut b.as_slice(), &ring(&key), &[]).unwrap();
 }
 
 #[test]
@@ -370,6 +371,7 @@ fn images_may_be_pipes() {
     let mut sources = [ImageSource {
         slot_class: "rootfs".into(),
         reader: &mut stdout as &mut dyn Read,
+        base: None,
     }];
     let mut out = Vec::new();
     bundle::create(

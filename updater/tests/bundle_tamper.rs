@@ -40,10 +40,12 @@ fn fixture_with(compression: Compression) -> (Vec<u8>, SecretKey, Verified) {
         ImageSource {
             slot_class: "boot".into(),
             reader: &mut a,
+            base: None,
         },
         ImageSource {
             slot_class: "rootfs".into(),
             reader: &mut b,
+            base: None,
         },
     ];
     bundle::create(
@@ -69,7 +71,7 @@ fn flipped(b: &[u8], at: usize) -> Vec<u8> {
 }
 
 fn verify_err(b: &[u8], ring: &Keyring) -> Error {
-    let e = verify_all(&mut Cursor::new(b), ring).expect_err("must be refused");
+    let e = verify_all(&mut Cursor::new(b), ring, &[]).expect_err("must be refused");
     let msg = e.to_string();
     assert!(!msg.contains('\n'), "one line: {msg}");
     e
@@ -203,7 +205,7 @@ fn keys_and_keyrings() {
     ));
     // A keyring with the old and the new key (rotation) accepts it.
     let both = Keyring::from_keys(vec![other.public_key(), key.public_key()]);
-    assert_eq!(verify_all(&mut b.as_slice(), &both).unwrap(), v);
+    assert_eq!(verify_all(&mut b.as_slice(), &both, &[]).unwrap().0, v);
 
     // The signature of one trusted key presented under the id of another.
     let sig_at = v.payload_offset as usize - SIGNATURE_LEN;

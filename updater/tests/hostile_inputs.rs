@@ -580,6 +580,7 @@ fn bundle_with_chunk_size(f: &Fixture, img: &[u8], chunk_size: u32) -> PathBuf {
     let mut sources = [ImageSource {
         slot_class: "rootfs".into(),
         reader: &mut reader,
+        base: None,
     }];
     let path = f.t.path(&format!("chunks-{chunk_size}.abup"));
     let mut out = std::fs::File::create(&path).unwrap();

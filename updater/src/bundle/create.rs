@@ -66,6 +66,9 @@ pub struct ImageSource<'a> {
     pub slot_class: String,
     /// The image: a file, a block device, a pipe. Read once, sequentially.
     pub reader: &'a mut dyn Read,
+    /// For a delta image, the base it is built against (the whole image the device's running
+    /// slot holds); the new image is then read into memory too.
+    pub base: Option<&'a [u8]>,
 }
 
 impl fmt::Debug for ImageSource<'_> {
@@ -114,7 +117,21 @@ where
     let mut chunker = Chunker::new(opts)?;
     let mut manifest_images = Vec::with_capacity(images.len());
     for (i, source) in images.iter_mut().enumerate() {
-        manifest_images.push(chunker.image(i, source, &mut *scratch)?);
+        let image = match source.base {
+            None => chunker.image(i, source, &mut *scratch)?,
+            Some(base) => delta_image(opts, i, source, base, &mut *scratch)?,
+        };
+        chunker.total_chunks += if source.base.is_some() {
+            image.chunks.len()
+        } else {
+            0
+        };
+        if chunker.total_chunks > MAX_CHUNKS {
+            return Err(Error::TooManyChunks {
+                count: chunker.total_chunks as u64,
+            });
+        }
+        manifest_images.push(image);
     }
     let manifest = Manifest {
         compatible: opts.compatible.clone(),
@@ -134,6 +151,43 @@ where
         manifest.payload_len()
     );
     Ok(manifest)
+}
+
+/// Image `i` as a delta against `base`: both in memory, see [`super::delta`].
+fn delta_image<S: Write + ?Sized>(
+    opts: &CreateOptions,
+    i: usize,
+    source: &mut ImageSource<'_>,
+    base: &[u8],
+    scratch: &mut S,
+) -> Result<Image> {
+    let read_err = |e| Error::ImageRead {
+        slot_class: source.slot_class.clone(),
+        source: e,
+    };
+    let mut new = Vec::new();
+    (&mut *source.reader)
+        .take(MAX_IMAGE_SIZE + 1)
+        .read_to_end(&mut new)
+        .map_err(read_err)?;
+    if new.is_empty() || new.len() as u64 > MAX_IMAGE_SIZE {
+        return Err(Error::ImageSize {
+            image: i,
+            size: new.len() as u64,
+        });
+    }
+    let params = super::delta::Params {
+        chunk_size: opts.chunk_size,
+        level: opts.level,
+        threads: opts.threads,
+    };
+    let (image, stored) = super::delta::build(&source.slot_class, base, &new, &params)?;
+    for bytes in &stored {
+        scratch
+            .write_all(bytes)
+            .map_err(|source| Error::Scratch { source })?;
+    }
+    Ok(image)
 }
 
 /// Writes the front of a bundle for `manifest`: header, canonical manifest JSON, key id and
@@ -289,6 +343,7 @@ impl Chunker {
                     .write_all(&stored.bytes)
                     .map_err(|source| Error::Scratch { source })?;
                 chunks.push(Chunk {
+                    op: super::Op::Data,
                     // At most the zstd bound of a chunk, which fits (checked by `validate`).
                     stored: u32::try_from(stored.bytes.len()).unwrap_or(u32::MAX),
                     sha256: stored.sha256,

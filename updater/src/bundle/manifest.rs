@@ -18,8 +18,9 @@ use sha2::{Digest, Sha256};
 
 use super::hex;
 use super::{
-    Error, Result, MAX_CHUNKS, MAX_CHUNK_SIZE, MAX_IMAGES, MAX_IMAGE_SIZE, MAX_SLOT_CLASS_LEN,
-    MAX_STORED_LEN, MAX_TEXT_LEN, MIN_CHUNK_SIZE,
+    Error, Result, MAX_CHUNKS, MAX_CHUNK_SIZE, MAX_EXTENTS, MAX_IMAGES, MAX_IMAGE_SIZE,
+    MAX_OP_EXTENTS, MAX_PATCH_WINDOW, MAX_SLOT_CLASS_LEN, MAX_STORED_LEN, MAX_TEXT_LEN,
+    MIN_CHUNK_SIZE,
 };
 
 /// What a bundle holds and how to check it; signed, and parsed only once the signature holds
@@ -61,12 +62,32 @@ pub struct Image {
 pub enum ImageKind {
     /// Every chunk carries its bytes; nothing is read from the running slot.
     Full,
+    /// Chunks may be rebuilt from the image the running slot holds (the base), which the
+    /// bundle names so that a device holding something else can say what it needs.
+    Delta(Base),
+}
+
+/// The image a delta was built against: the first `size` bytes of the running slot, whose
+/// SHA-256 is `sha256`. A device never needs the whole base to match, only the extents each
+/// operation reads, which carry their own hashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Base {
+    pub size: u64,
+    pub sha256: [u8; 32],
 }
 
 impl ImageKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ImageKind::Full => "full",
+            ImageKind::Delta(_) => "delta",
+        }
+    }
+
+    pub fn base(self) -> Option<Base> {
+        match self {
+            ImageKind::Full => None,
+            ImageKind::Delta(base) => Some(base),
         }
     }
 }
@@ -129,13 +150,83 @@ impl fmt::Display for Compression {
     }
 }
 
-/// One `data` operation: the next chunk of the image, as stored in the payload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The operation that makes one chunk of the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk {
-    /// Bytes the chunk takes in the payload.
+    pub op: Op,
+    /// Bytes the chunk takes in the payload (0 for operations that store nothing).
     pub stored: u32,
-    /// SHA-256 of the stored bytes, so a chunk is authenticated before it is decompressed.
+    /// SHA-256 of the stored bytes, so a chunk is authenticated before it is decompressed;
+    /// all zeros for operations that store nothing.
     pub sha256: [u8; 32],
+}
+
+/// Where a chunk's bytes come from. Everything but `Data` exists only in delta images.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// The stored bytes, decoded with the image's compression.
+    Data,
+    /// Zeros: nothing stored, nothing read.
+    Zero,
+    /// The base's bytes at `extents`, in order; `sha256` is their SHA-256, and so the
+    /// chunk's.
+    Copy {
+        extents: Vec<Extent>,
+        sha256: [u8; 32],
+    },
+    /// The stored zstd frame, decoded with the base's bytes at `extents` (concatenated, at
+    /// most [`MAX_PATCH_WINDOW`]) as its reference prefix. `base_sha256` covers those base
+    /// bytes before they are used, `out_sha256` the decoded chunk before it is written.
+    Patch {
+        extents: Vec<Extent>,
+        base_sha256: [u8; 32],
+        out_sha256: [u8; 32],
+    },
+}
+
+impl Op {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Data => "data",
+            Op::Zero => "zero",
+            Op::Copy { .. } => "copy",
+            Op::Patch { .. } => "patch",
+        }
+    }
+
+    /// The base extents the operation reads, if any.
+    pub fn extents(&self) -> &[Extent] {
+        match self {
+            Op::Copy { extents, .. } | Op::Patch { extents, .. } => extents,
+            Op::Data | Op::Zero => &[],
+        }
+    }
+
+    /// The SHA-256 the base bytes at [`Op::extents`] must have.
+    pub fn base_sha256(&self) -> Option<&[u8; 32]> {
+        match self {
+            Op::Copy { sha256, .. } => Some(sha256),
+            Op::Patch { base_sha256, .. } => Some(base_sha256),
+            Op::Data | Op::Zero => None,
+        }
+    }
+
+    /// Whether the payload holds bytes for this operation.
+    pub fn stores(&self) -> bool {
+        matches!(self, Op::Data | Op::Patch { .. })
+    }
+}
+
+/// Bytes `offset .. offset + len` of the base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Bytes an operation reads from the base.
+pub fn extents_len(extents: &[Extent]) -> u64 {
+    extents.iter().fold(0u64, |n, e| n.saturating_add(e.len))
 }
 
 /// A chunk's place in the bundle, from [`Manifest::chunks`].
@@ -158,6 +249,7 @@ impl Chunk {
     /// be gets `stored: u32::MAX`, which validation refuses.
     pub fn describe(stored: &[u8]) -> Chunk {
         Chunk {
+            op: Op::Data,
             stored: u32::try_from(stored.len()).unwrap_or(u32::MAX),
             sha256: Sha256::digest(stored).into(),
         }
@@ -267,17 +359,11 @@ impl Manifest {
                     size: img.size,
                     sha256: hex::encode(&img.sha256),
                     kind: img.kind.as_str(),
+                    base_size: img.kind.base().map(|b| b.size),
+                    base_sha256: img.kind.base().map(|b| hex::encode(&b.sha256)),
                     compression: img.compression.as_str(),
                     chunk_size: img.chunk_size,
-                    chunks: img
-                        .chunks
-                        .iter()
-                        .map(|c| OutChunk {
-                            op: "data",
-                            stored: c.stored,
-                            sha256: hex::encode(&c.sha256),
-                        })
-                        .collect(),
+                    chunks: img.chunks.iter().map(OutChunk::of).collect(),
                 })
                 .collect(),
         };
@@ -313,25 +399,95 @@ impl Manifest {
                     found: img.chunks.len(),
                 });
             }
-            for (k, c) in img.chunks.iter().enumerate() {
-                let len = img.chunk_len(k);
-                let (min, max) = (
-                    img.compression.min_stored_len(len),
-                    img.compression.max_stored_len(len),
-                );
-                if c.stored < min || c.stored > max {
-                    return Err(Error::StoredLength {
+            if let ImageKind::Delta(base) = img.kind {
+                if base.size == 0 || base.size > MAX_IMAGE_SIZE {
+                    return Err(Error::BaseSize {
                         image: i,
-                        chunk: k,
-                        stored: u64::from(c.stored),
-                        min,
-                        max,
+                        size: base.size,
                     });
                 }
+            }
+            for (k, c) in img.chunks.iter().enumerate() {
+                check_op(i, img, k, c)?;
             }
         }
         check_unique_slot_classes(self.images.iter().map(|i| i.slot_class.as_str()))
     }
+}
+
+/// One operation against its image: only data in a full image; stored lengths within what
+/// the chunk's length allows; base extents inside the base, as long as a copy's chunk or at
+/// most a patch window.
+fn check_op(i: usize, img: &Image, k: usize, c: &Chunk) -> Result<()> {
+    let len = img.chunk_len(k);
+    let base = match (img.kind, &c.op) {
+        (_, Op::Data) => None,
+        (ImageKind::Delta(base), _) => Some(base),
+        (ImageKind::Full, op) => {
+            return Err(Error::FieldNotAllowed {
+                path: format!("images[{i}].chunks[{k}].op"),
+                what: format!("a full image (a {} operation)", op.name()),
+            })
+        }
+    };
+    let (min, max) = match &c.op {
+        Op::Data => (
+            img.compression.min_stored_len(len),
+            img.compression.max_stored_len(len),
+        ),
+        Op::Patch { .. } => (1, Compression::Zstd.max_stored_len(len)),
+        Op::Zero | Op::Copy { .. } => (0, 0),
+    };
+    if c.stored < min || c.stored > max {
+        return Err(Error::StoredLength {
+            image: i,
+            chunk: k,
+            stored: u64::from(c.stored),
+            min,
+            max,
+        });
+    }
+    let extents = c.op.extents();
+    if let Some(base) = base.filter(|_| !extents.is_empty() || c.op.base_sha256().is_some()) {
+        let bad = |message: String| Error::BadExtents {
+            image: i,
+            chunk: k,
+            message,
+        };
+        if extents.is_empty() || extents.len() > MAX_OP_EXTENTS {
+            return Err(bad(format!(
+                "it lists {} extents, not 1 to {MAX_OP_EXTENTS}",
+                extents.len()
+            )));
+        }
+        for e in extents {
+            if e.len == 0
+                || e.offset
+                    .checked_add(e.len)
+                    .is_none_or(|end| end > base.size)
+            {
+                return Err(bad(format!(
+                    "extent [{}, {}] is empty or reaches past the base's {} bytes",
+                    e.offset, e.len, base.size
+                )));
+            }
+        }
+        let total = extents_len(extents);
+        match c.op {
+            Op::Copy { .. } if total != u64::from(len) => {
+                return Err(bad(format!(
+                    "its extents hold {total} bytes, the chunk {len}"
+                )))
+            }
+            Op::Patch { .. } if total > MAX_PATCH_WINDOW => {
+                return Err(bad(format!(
+                "its extents hold {total} bytes, more than the {MAX_PATCH_WINDOW} a patch may read"
+            )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Values read from outside go into messages; keep a hostile one from making a message huge.
@@ -431,16 +587,67 @@ struct OutImage<'a> {
     size: u64,
     sha256: String,
     kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    base_size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    base_sha256: Option<String>,
     compression: &'static str,
     chunk_size: u32,
     chunks: Vec<OutChunk>,
 }
 
+/// A chunk's fields, each present only for the operations that have it, in the documented
+/// order: `op`, `extents`, `base_sha256`, `stored`, `sha256`, `out_sha256`.
 #[derive(Serialize)]
 struct OutChunk {
     op: &'static str,
-    stored: u32,
-    sha256: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    extents: Option<Vec<[u64; 2]>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    base_sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stored: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    out_sha256: Option<String>,
+}
+
+impl OutChunk {
+    fn of(c: &Chunk) -> OutChunk {
+        let extents = |e: &[Extent]| Some(e.iter().map(|e| [e.offset, e.len]).collect());
+        let mut out = OutChunk {
+            op: c.op.name(),
+            extents: None,
+            base_sha256: None,
+            stored: None,
+            sha256: None,
+            out_sha256: None,
+        };
+        match &c.op {
+            Op::Data => {
+                out.stored = Some(c.stored);
+                out.sha256 = Some(hex::encode(&c.sha256));
+            }
+            Op::Zero => {}
+            Op::Copy { extents: e, sha256 } => {
+                out.extents = extents(e);
+                out.sha256 = Some(hex::encode(sha256));
+            }
+            Op::Patch {
+                extents: e,
+                base_sha256,
+                out_sha256,
+            } => {
+                out.extents = extents(e);
+                out.base_sha256 = Some(hex::encode(base_sha256));
+                out.stored = Some(c.stored);
+                out.sha256 = Some(hex::encode(&c.sha256));
+                out.out_sha256 = Some(hex::encode(out_sha256));
+            }
+        }
+        out
+    }
 }
 
 // ---- parsing ----
@@ -451,6 +658,7 @@ struct OutChunk {
 struct Budget {
     images: Cell<usize>,
     chunks: Cell<usize>,
+    extents: Cell<usize>,
 }
 
 /// An array as far as the budget allowed, and how long it really was.
@@ -512,29 +720,39 @@ impl<'de, T: Wire<'de>> Visitor<'de> for CountedSeed<'_, T> {
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON array")
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Counted<T>, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> std::result::Result<Counted<T>, A::Error> {
         let budget = self.0.budget;
-        let left = T::allowance(budget);
-        let mut out = Counted {
-            items: Vec::new(),
-            total: 0,
+        counted(seq, T::allowance(budget), |seq| {
+            seq.next_element_seed(WireSeed::<T>::new(budget))
+        })
+    }
+}
+
+/// An array's elements read with `next` while `left` allows, counted (not kept) after that.
+fn counted<'de, A: SeqAccess<'de>, T>(
+    mut seq: A,
+    left: &Cell<usize>,
+    mut next: impl FnMut(&mut A) -> std::result::Result<Option<T>, A::Error>,
+) -> std::result::Result<Counted<T>, A::Error> {
+    let mut out = Counted {
+        items: Vec::new(),
+        total: 0,
+    };
+    loop {
+        let more = if left.get() > 0 {
+            next(&mut seq)?
+                .map(|item| {
+                    out.items.push(item);
+                    left.set(left.get() - 1);
+                })
+                .is_some()
+        } else {
+            seq.next_element::<IgnoredAny>()?.is_some()
         };
-        loop {
-            let more = if left.get() > 0 {
-                seq.next_element_seed(WireSeed::<T>::new(budget))?
-                    .map(|item| {
-                        out.items.push(item);
-                        left.set(left.get() - 1);
-                    })
-                    .is_some()
-            } else {
-                seq.next_element::<IgnoredAny>()?.is_some()
-            };
-            if !more {
-                return Ok(out);
-            }
-            out.total += 1;
+        if !more {
+            return Ok(out);
         }
+        out.total += 1;
     }
 }
 
@@ -553,6 +771,42 @@ impl<'de> Field<'de> for String {
 impl<'de> Field<'de> for u64 {
     fn read<A: MapAccess<'de>>(map: &mut A, _: &Budget) -> std::result::Result<Self, A::Error> {
         map.next_value()
+    }
+}
+
+/// `[[offset, len], ...]`, kept as far as the budget allows and counted beyond.
+impl<'de> Field<'de> for Counted<Extent> {
+    fn read<A: MapAccess<'de>>(
+        map: &mut A,
+        budget: &Budget,
+    ) -> std::result::Result<Self, A::Error> {
+        map.next_value_seed(ExtentsSeed(budget))
+    }
+}
+
+struct ExtentsSeed<'b>(&'b Budget);
+
+impl<'de> DeserializeSeed<'de> for ExtentsSeed<'_> {
+    type Value = Counted<Extent>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ExtentsSeed<'_> {
+    type Value = Counted<Extent>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of [offset, length] pairs")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(
+        self,
+        seq: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        counted(seq, &self.0.extents, |seq| {
+            Ok(seq
+                .next_element::<(u64, u64)>()?
+                .map(|(offset, len)| Extent { offset, len }))
+        })
     }
 }
 
@@ -621,6 +875,8 @@ wire_struct!(WireImage, images {
     size: u64,
     sha256: String,
     kind: String,
+    base_size: u64,
+    base_sha256: String,
     compression: String,
     chunk_size: u64,
     chunks: Counted<WireChunk>,
@@ -630,8 +886,11 @@ wire_struct!(
     WireChunk,
     chunks {
         op: String,
+        extents: Counted<Extent>,
+        base_sha256: String,
         stored: u64,
         sha256: String,
+        out_sha256: String,
     }
 );
 
@@ -640,6 +899,7 @@ impl WireManifest {
         let budget = Budget {
             images: Cell::new(MAX_IMAGES),
             chunks: Cell::new(MAX_CHUNKS),
+            extents: Cell::new(MAX_EXTENTS),
         };
         let mut d = serde_json::Deserializer::from_slice(bytes);
         WireSeed::<WireManifest>::new(&budget)
@@ -707,8 +967,10 @@ impl WireImage {
     fn into_image(self, i: usize) -> Result<Image> {
         let at = |field: &str| format!("images[{i}].{field}");
         // The kind decides what the other fields mean: look at it first.
-        let kind = match required(self.kind, || at("kind"))?.as_str() {
-            "full" => ImageKind::Full,
+        let kind_name = required(self.kind, || at("kind"))?;
+        let delta = match kind_name.as_str() {
+            "full" => false,
+            "delta" => true,
             other => {
                 return Err(Error::UnknownImageKind {
                     image: i,
@@ -717,6 +979,22 @@ impl WireImage {
             }
         };
         no_unknown(self.unknown, |f| at(f))?;
+        let kind = if delta {
+            let size = required(self.base_size, || at("base_size"))?;
+            let sha256 = required(self.base_sha256, || at("base_sha256"))?;
+            ImageKind::Delta(Base {
+                size,
+                sha256: sha256_field(sha256, || at("base_sha256"))?,
+            })
+        } else {
+            not_here(self.base_size.is_some(), || at("base_size"), "a full image")?;
+            not_here(
+                self.base_sha256.is_some(),
+                || at("base_sha256"),
+                "a full image",
+            )?;
+            ImageKind::Full
+        };
         let compression_name = required(self.compression, || at("compression"))?;
         let compression =
             Compression::from_name(&compression_name).ok_or_else(|| Error::UnknownCompression {
@@ -732,7 +1010,14 @@ impl WireImage {
             image: i,
             chunk_size,
         })?;
-        let chunks = required(self.chunks, || at("chunks"))?
+        let wire_chunks = required(self.chunks, || at("chunks"))?;
+        let extents = wire_chunks.items.iter().fold(0usize, |n, c| {
+            n.saturating_add(c.extents.as_ref().map_or(0, |e| e.total))
+        });
+        if extents > MAX_EXTENTS {
+            return Err(Error::TooManyExtents { count: extents });
+        }
+        let chunks = wire_chunks
             .items
             .into_iter()
             .enumerate()
@@ -754,33 +1039,109 @@ impl WireChunk {
     fn into_chunk(self, i: usize, k: usize) -> Result<Chunk> {
         let at = |field: &str| format!("images[{i}].chunks[{k}].{field}");
         // The operation decides what the other fields mean: look at it first.
-        match required(self.op, || at("op"))?.as_str() {
-            "data" => {}
-            other => {
-                return Err(Error::UnknownChunkOp {
-                    image: i,
-                    chunk: k,
-                    op: shorten(other),
-                })
-            }
-        }
-        no_unknown(self.unknown, |f| at(f))?;
-        let stored = required(self.stored, || at("stored"))?;
-        // The precise bound depends on the chunk's length, checked by `validate`; this one
-        // only makes the value fit its type.
-        let stored = u32::try_from(stored)
-            .ok()
-            .filter(|&s| s <= MAX_STORED_LEN)
-            .ok_or(Error::StoredLength {
+        let op_name = required(self.op, || at("op"))?;
+        let known = ["data", "zero", "copy", "patch"];
+        if !known.contains(&op_name.as_str()) {
+            return Err(Error::UnknownChunkOp {
                 image: i,
                 chunk: k,
-                stored,
-                min: 0,
-                max: MAX_STORED_LEN,
-            })?;
-        let sha256 = sha256_field(required(self.sha256, || at("sha256"))?, || at("sha256"))?;
-        Ok(Chunk { stored, sha256 })
+                op: shorten(&op_name),
+            });
+        }
+        no_unknown(self.unknown, |f| at(f))?;
+        let what = format!("a {op_name} operation");
+        let hash = |value: Option<String>, field: &str| -> Result<[u8; 32]> {
+            sha256_field(required(value, || at(field))?, || at(field))
+        };
+        let stored_field = |value: Option<u64>| -> Result<u32> {
+            let stored = required(value, || at("stored"))?;
+            // The precise bound depends on the chunk's length, checked by `validate`; this
+            // one only makes the value fit its type.
+            u32::try_from(stored)
+                .ok()
+                .filter(|&s| s <= MAX_STORED_LEN)
+                .ok_or(Error::StoredLength {
+                    image: i,
+                    chunk: k,
+                    stored,
+                    min: 0,
+                    max: MAX_STORED_LEN,
+                })
+        };
+        let reads_base = matches!(op_name.as_str(), "copy" | "patch");
+        let stores = matches!(op_name.as_str(), "data" | "patch");
+        not_here(
+            !reads_base && self.extents.is_some(),
+            || at("extents"),
+            &what,
+        )?;
+        not_here(!stores && self.stored.is_some(), || at("stored"), &what)?;
+        let patch = op_name == "patch";
+        not_here(
+            !patch && self.base_sha256.is_some(),
+            || at("base_sha256"),
+            &what,
+        )?;
+        not_here(
+            !patch && self.out_sha256.is_some(),
+            || at("out_sha256"),
+            &what,
+        )?;
+        not_here(
+            op_name == "zero" && self.sha256.is_some(),
+            || at("sha256"),
+            &what,
+        )?;
+        let extents = if reads_base {
+            required(self.extents, || at("extents"))?.items
+        } else {
+            Vec::new()
+        };
+        let (op, stored, sha256) = match op_name.as_str() {
+            "data" => (
+                Op::Data,
+                stored_field(self.stored)?,
+                hash(self.sha256, "sha256")?,
+            ),
+            "zero" => (Op::Zero, 0, [0; 32]),
+            "copy" => (
+                Op::Copy {
+                    extents,
+                    sha256: hash(self.sha256, "sha256")?,
+                },
+                0,
+                [0; 32],
+            ),
+            _ => {
+                let base_sha256 = hash(self.base_sha256, "base_sha256")?;
+                let stored = stored_field(self.stored)?;
+                let sha256 = hash(self.sha256, "sha256")?;
+                let out_sha256 = hash(self.out_sha256, "out_sha256")?;
+                (
+                    Op::Patch {
+                        extents,
+                        base_sha256,
+                        out_sha256,
+                    },
+                    stored,
+                    sha256,
+                )
+            }
+        };
+        Ok(Chunk { op, stored, sha256 })
     }
+}
+
+/// A field that the kind or operation at hand does not have: a signed manifest means exactly
+/// what it says, so it is an error rather than something to ignore.
+fn not_here(present: bool, path: impl FnOnce() -> String, what: &str) -> Result<()> {
+    if present {
+        return Err(Error::FieldNotAllowed {
+            path: path(),
+            what: what.to_string(),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

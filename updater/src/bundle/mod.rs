@@ -26,15 +26,18 @@
 
 mod create;
 mod decode;
+pub mod delta;
 pub mod hex;
 mod keys;
 mod manifest;
 mod read;
 
 pub use create::{create, write_front, CreateOptions, ImageSource};
-pub use decode::{decode_chunk, Decoder};
+pub use decode::{decode_chunk, read_base, Decoder, ReadAt, PATCH_WINDOW_LOG_MAX};
 pub use keys::{generate_key, Keyring, PublicKey, SecretKey};
-pub use manifest::{Chunk, ChunkRef, Compression, Image, ImageKind, Manifest};
+pub use manifest::{
+    extents_len, Base, Chunk, ChunkRef, Compression, Extent, Image, ImageKind, Manifest, Op,
+};
 pub use read::{
     read_stored, read_unverified, read_verified, verify_all, Unverified, Verified,
     INFO_JSON_VERSION,
@@ -89,12 +92,24 @@ const _: () = assert!(
 /// The largest stored chunk: a zstd frame of a `MAX_CHUNK_SIZE` chunk that did not compress
 /// (see [`Compression::max_stored_len`]).
 pub const MAX_STORED_LEN: u32 = MAX_CHUNK_SIZE + (MAX_CHUNK_SIZE >> 8);
+/// The most base bytes one patch operation reads as its reference: the builder keeps every
+/// window within it, and a device holds one window per decoder thread, so this (with the
+/// chunk buffers) bounds an install's memory. 8 MiB: four decoders' windows and the chunk
+/// buffers stay under the 64 MiB a delta install may use.
+pub const MAX_PATCH_WINDOW: u64 = 8 << 20;
+/// Extents one copy or patch operation may list: a window of scattered 4 KiB blocks.
+pub const MAX_OP_EXTENTS: usize = (MAX_PATCH_WINDOW / 4096) as usize;
+/// Extents over the whole manifest, counted while parsing like chunks are.
+pub const MAX_EXTENTS: usize = 1 << 20;
 /// `compatible` and `version` are 1 to this many printable ASCII characters.
 pub const MAX_TEXT_LEN: usize = 128;
 /// A slot class is 1 to this many of `[a-z0-9_-]`.
 pub const MAX_SLOT_CLASS_LEN: usize = 32;
 /// The zstd level `abup bundle create` uses unless told otherwise.
 pub const DEFAULT_LEVEL: i32 = 3;
+/// The zstd level of delta images unless told otherwise: a delta is built once and
+/// downloaded by every device, so the build spends the time.
+pub const DEFAULT_DELTA_LEVEL: i32 = 19;
 /// `*.pem` files a keyring directory may hold.
 pub const MAX_KEYRING_KEYS: usize = 256;
 /// The largest key file; an ed25519 PEM key is about 120 bytes.
@@ -160,11 +175,11 @@ pub enum Error {
         "the bundle manifest lacks the field {path:?}; rebuild the bundle with abup bundle create"
     )]
     MissingField { path: String },
-    #[error("image {image} is of kind {kind:?}, which this abup does not know (it knows \"full\"): update abup to install this bundle")]
+    #[error("image {image} is of kind {kind:?}, which this abup does not know (it knows \"full\" and \"delta\"): update abup to install this bundle")]
     UnknownImageKind { image: usize, kind: String },
     #[error("image {image} is compressed with {compression:?}, which this abup does not know (it knows \"zstd\" and \"none\"): update abup to install this bundle")]
     UnknownCompression { image: usize, compression: String },
-    #[error("chunk {chunk} of image {image} is a {op:?} operation, which this abup does not know (it knows \"data\"): update abup to install this bundle")]
+    #[error("chunk {chunk} of image {image} is a {op:?} operation, which this abup does not know (it knows \"data\", \"zero\", \"copy\" and \"patch\"): update abup to install this bundle")]
     UnknownChunkOp {
         image: usize,
         chunk: usize,
@@ -192,6 +207,18 @@ pub enum Error {
         expected: u64,
         found: usize,
     },
+    #[error("manifest field {path} does not belong in {what}; the bundle is damaged, rebuild it with abup bundle create")]
+    FieldNotAllowed { path: String, what: String },
+    #[error("image {image} is a delta against a base of {size} bytes: a base must be 1 to {MAX_IMAGE_SIZE} bytes")]
+    BaseSize { image: usize, size: u64 },
+    #[error("chunk {chunk} of image {image} reads the base wrongly: {message}; the bundle is damaged, rebuild it")]
+    BadExtents {
+        image: usize,
+        chunk: usize,
+        message: String,
+    },
+    #[error("the bundle lists {count} base extents, more than {MAX_EXTENTS}: rebuild it")]
+    TooManyExtents { count: usize },
     #[error("the bundle has {count} chunks, more than {MAX_CHUNKS}: use a larger chunk size")]
     TooManyChunks { count: u64 },
     #[error("chunk {chunk} of image {image} is stored in {stored} bytes: it must be {min} to {max}; the bundle is damaged")]
@@ -224,6 +251,19 @@ pub enum Error {
         expected: u64,
         found: Option<u64>,
     },
+    #[error("chunk {chunk} of image {slot_class} needs base bytes with SHA-256 {} but the base holds {} there: it is not the image the delta was built against (or it was changed, e.g. mounted read-write)", Hex(.expected), Hex(.found))]
+    BaseMismatch {
+        slot_class: String,
+        chunk: usize,
+        expected: [u8; 32],
+        found: [u8; 32],
+    },
+    #[error("cannot read the base at byte {offset}: {source}")]
+    BaseRead { offset: u64, source: std::io::Error },
+    #[error("image {slot_class} is a delta, and no base image was given to rebuild it from")]
+    NoBase { slot_class: String },
+    #[error("chunk {chunk} of image {slot_class} patches to bytes the bundle does not vouch for: the bundle was built wrongly, rebuild it")]
+    PatchOutput { slot_class: String, chunk: usize },
     #[error("image {slot_class} has SHA-256 {} instead of {}: the bundle was built wrongly, rebuild it", Hex(.found), Hex(.expected))]
     ImageHash {
         slot_class: String,
@@ -317,6 +357,7 @@ mod tests {
                 compression: Compression::Zstd,
                 chunk_size,
                 chunks: vec![Chunk {
+                    op: Op::Data,
                     stored: 1,
                     sha256: [0; 32],
                 }],

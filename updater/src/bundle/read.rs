@@ -213,21 +213,51 @@ pub fn read_stored<R: Read + ?Sized>(
 
 /// Checks a whole bundle: signature, manifest, every chunk's hash and decoded length, every
 /// image's SHA-256, and that nothing follows the payload. Reads the bundle once, front to
-/// back, holding one chunk at a time.
-pub fn verify_all<R: Read + ?Sized>(r: &mut R, keyring: &Keyring) -> Result<Verified> {
+/// back, holding one chunk at a time. A delta image is rebuilt from its base in `bases`
+/// (slot class, base image) when there is one; without it only its stored chunks are checked
+/// (hashes, and data chunks decoded), and its slot class is in the returned list.
+pub fn verify_all<R: Read + ?Sized>(
+    r: &mut R,
+    keyring: &Keyring,
+    bases: &[(&str, &[u8])],
+) -> Result<(Verified, Vec<String>)> {
     let verified = read_verified(r, keyring)?;
     let manifest = &verified.manifest;
     let mut decoder = Decoder::new()?;
-    let (mut stored, mut data) = (Vec::new(), Vec::new());
+    let (mut stored, mut data, mut window) = (Vec::new(), Vec::new(), Vec::new());
     let mut hasher = Sha256::new();
+    let mut unchecked = Vec::new();
     for chunk in manifest.chunks() {
         let image = &manifest.images[chunk.image];
         read_stored(r, &chunk, verified.payload_offset, &mut stored)?;
-        decoder.decode(image, chunk.index, &stored, &mut data)?;
-        hasher.update(&data);
+        let base = bases
+            .iter()
+            .find(|(c, _)| *c == image.slot_class)
+            .map(|(_, b)| b);
+        let whole = image.kind.base().is_none() || base.is_some();
+        if whole {
+            let base = base.map(|b| b as &dyn super::ReadAt);
+            decoder.make(image, chunk.index, &stored, base, &mut window, &mut data)?;
+            hasher.update(&data);
+        } else if image.chunks[chunk.index].op == super::Op::Data {
+            decoder.decode(image, chunk.index, &stored, &mut data)?;
+        } else if image.chunks[chunk.index].op.stores() {
+            let found: [u8; 32] = Sha256::digest(&stored).into();
+            let expected = image.chunks[chunk.index].sha256;
+            if found != expected {
+                return Err(Error::ChunkHash {
+                    slot_class: image.slot_class.clone(),
+                    chunk: chunk.index,
+                    expected,
+                    found,
+                });
+            }
+        }
         if chunk.index + 1 == image.chunks.len() {
             let found: [u8; 32] = hasher.finalize_reset().into();
-            if found != image.sha256 {
+            if !whole {
+                unchecked.push(image.slot_class.clone());
+            } else if found != image.sha256 {
                 return Err(Error::ImageHash {
                     slot_class: image.slot_class.clone(),
                     expected: image.sha256,
@@ -251,7 +281,7 @@ pub fn verify_all<R: Read + ?Sized>(r: &mut R, keyring: &Keyring) -> Result<Veri
             }
         }
     }
-    Ok(verified)
+    Ok((verified, unchecked))
 }
 
 /// The schema version of [`info_json`]'s output.
@@ -275,6 +305,8 @@ fn info_json(
                 "size": img.size,
                 "sha256": hex::encode(&img.sha256),
                 "kind": img.kind.as_str(),
+                "base_size": img.kind.base().map(|b| b.size),
+                "base_sha256": img.kind.base().map(|b| hex::encode(&b.sha256)),
                 "compression": img.compression.as_str(),
                 "chunk_size": img.chunk_size,
                 "chunk_count": img.chunks.len(),

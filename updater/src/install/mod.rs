@@ -20,6 +20,7 @@ mod hooks;
 mod pipeline;
 mod plan;
 mod progress;
+mod sources;
 mod target;
 
 use anyhow::{Context, Result};
@@ -33,8 +34,9 @@ use crate::state::journal::Phase;
 use crate::state::records::{LastInstall, SlotBundle};
 use crate::state::{self, InstallLock, StateDir};
 
-pub use plan::Plan;
+pub use plan::{Plan, Report};
 pub use progress::Mode as ProgressMode;
+pub use sources::OverBudget;
 pub use state::Busy;
 
 /// The slot's first block stays zeroed until everything else is written and verified, so a
@@ -56,6 +58,10 @@ pub struct Options {
     pub target: Option<String>,
     pub retry: Retry,
     pub progress: ProgressMode,
+    /// The full bundle of the same release, for the chunks a delta cannot rebuild.
+    pub fallback: Option<Source>,
+    /// The most bytes the fallback may supply.
+    pub max_download: Option<u64>,
 }
 
 /// A bundle that is refused before anything is written: bad signature, wrong board, a
@@ -99,6 +105,16 @@ pub fn install(board: &Board, opts: &Options) -> Result<Installed> {
         log::warn!("cannot record the install's outcome: {e:#}");
     }
     result
+}
+
+/// Everything an install checks before writing, and what it would read from where. Nothing
+/// is written to a slot, the environment or the state directory's records.
+pub fn dry_run(board: &Board, opts: &Options) -> Result<Report> {
+    let state = StateDir::open(board)?;
+    let mut progress = progress::Progress::new(opts.progress);
+    let (plan, _) = plan::plan(board, &state, opts, &mut progress)?;
+    progress.finish();
+    Ok(plan.report)
 }
 
 fn run(
@@ -199,6 +215,7 @@ fn write(
     };
     let held = pipeline::write_payload(
         &plan.bundle,
+        &plan.sources,
         &plan.devices,
         reader,
         start,

@@ -19,6 +19,7 @@ use anyhow::{anyhow, Context, Result};
 use sha2::{Digest, Sha256};
 
 use super::progress::Progress;
+use super::sources::Sources;
 use super::target::{aligned_buffer, Device};
 use super::{CHECKPOINT_BYTES, FIRST_BLOCK};
 use crate::bundle::{self, Manifest};
@@ -107,8 +108,10 @@ fn decoders() -> usize {
 /// Returns each image's first block exactly as it was hashed: read from the state directory
 /// once, with its length checked, so the bytes the caller writes at offset 0 are the bytes
 /// the image's SHA-256 vouched for, whatever happens to the file afterwards.
+#[allow(clippy::too_many_arguments)]
 pub fn write_payload(
     bundle: &bundle::Verified,
+    sources: &Sources,
     devices: &[Device],
     mut reader: BundleReader,
     start: (usize, usize),
@@ -186,7 +189,9 @@ pub fn write_payload(
         });
         for _ in 0..decoders() {
             let (rx, tx) = (stored_rx.clone(), decoded_tx.clone());
-            scope.spawn(move || decode_loop(manifest, work, &rx, tx, stored_pool, decoded_pool));
+            scope.spawn(move || {
+                decode_loop(manifest, sources, work, &rx, tx, stored_pool, decoded_pool)
+            });
         }
         drop(decoded_tx);
         drop(stored_rx);
@@ -341,9 +346,12 @@ impl Stage {
 type Jobs<'a> = &'a Mutex<Receiver<(usize, Result<Vec<u8>>)>>;
 
 /// Takes stored chunks (or the reader's error, in its place in the order) and passes them on
-/// decoded, until the reader is done or something failed.
+/// made (decoded, or rebuilt from the base for a delta), until the reader is done or
+/// something failed. A delta's patch window is this thread's own buffer, at most
+/// [`bundle::MAX_PATCH_WINDOW`].
 fn decode_loop(
     manifest: &Manifest,
+    sources: &Sources,
     work: &[(usize, usize)],
     rx: Jobs<'_>,
     tx: SyncSender<(usize, Result<Vec<u8>>)>,
@@ -357,6 +365,7 @@ fn decode_loop(
             return;
         }
     };
+    let mut window = Vec::new();
     loop {
         // The output buffer is taken while the job queue is held, so buffers go to chunks in
         // order: the oldest chunk always has one and the writer can always move on.
@@ -372,9 +381,15 @@ fn decode_loop(
         };
         let (i, k) = work[seq];
         let result = stored.and_then(|stored| {
-            let r = decoder
-                .decode(&manifest.images[i], k, &stored, &mut out)
-                .map_err(anyhow::Error::from)
+            let r = sources
+                .make(
+                    &mut decoder,
+                    manifest,
+                    (i, k),
+                    &stored,
+                    &mut window,
+                    &mut out,
+                )
                 .map(|()| out);
             stored_pool.give(stored);
             r

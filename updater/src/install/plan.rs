@@ -10,6 +10,7 @@ use bootcount::SlotId;
 
 use super::hooks::HookEnv;
 use super::progress::Progress;
+use super::sources::{Fallback, Sources};
 use super::target::{self, Device};
 use super::{hex, refuse, Options};
 use crate::board::Board;
@@ -35,6 +36,63 @@ pub struct Plan {
     pub hook_env: HookEnv,
     /// The device's security floor when the install was planned.
     pub floor: u64,
+    /// Where chunks come from besides the bundle stream: the running slot for a delta, a
+    /// fallback bundle.
+    pub sources: Sources,
+    /// What the install reads from where.
+    pub report: Report,
+}
+
+/// Bytes an install takes from each source: what `--dry-run` prints.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub version: String,
+    pub target: String,
+    /// The bundle's payload: every stored chunk is read from the stream.
+    pub from_bundle: u64,
+    /// Base bytes read from the running slot (copies and patch windows that match).
+    pub from_base: u64,
+    /// Stored bytes fetched from the fallback for the chunks the base cannot rebuild.
+    pub from_fallback: u64,
+    /// Image bytes that are zeros, read from nowhere.
+    pub zeros: u64,
+    /// Chunks the base cannot rebuild.
+    pub mismatched_chunks: u64,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "dry run: {} into slot {}: {} bytes from the bundle, {} bytes read from the running \
+             slot, {} bytes from the fallback ({} chunks the running slot cannot rebuild), {} \
+             bytes of zeros; nothing was written",
+            self.version,
+            self.target,
+            self.from_bundle,
+            self.from_base,
+            self.from_fallback,
+            self.mismatched_chunks,
+            self.zeros
+        )
+    }
+}
+
+impl Report {
+    /// One JSON object for `--dry-run --progress=json`.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "version": 1,
+            "dry_run": true,
+            "bundle_version": self.version,
+            "target": self.target,
+            "from_bundle": self.from_bundle,
+            "from_base": self.from_base,
+            "from_fallback": self.from_fallback,
+            "zeros": self.zeros,
+            "mismatched_chunks": self.mismatched_chunks,
+        })
+    }
 }
 
 /// Checks the install `opts` describes and returns its plan and the bundle stream, positioned
@@ -115,6 +173,46 @@ pub fn plan(
         devices.push(device);
     }
 
+    let mut report = Report {
+        version: manifest.version.clone(),
+        target: target_name.clone(),
+        from_bundle: manifest.payload_len(),
+        ..Report::default()
+    };
+    let mut sources = Sources::default();
+    for image in &manifest.images {
+        sources.bases.push(match image.kind.base() {
+            Some(_) => Some(open_base(board, booted, image)?),
+            None => None,
+        });
+    }
+    let mismatched = check_bases(manifest, &sources, &mut report, progress)?;
+    if !mismatched.is_empty() {
+        let (i, _) = mismatched[0];
+        let needs = describe_mismatch(board, booted, &manifest.images[i], &sources, &mismatched)?;
+        let Some(fallback_source) = &opts.fallback else {
+            return Err(refuse(format!(
+                "{needs}; install the full bundle, or give it with --fallback"
+            )));
+        };
+        let describe = crate::state::redact(&fallback_source.describe());
+        let mut fb_reader = fallback_source.open(opts.retry)?;
+        let fb = bundle::read_verified(&mut fb_reader, &keyring)
+            .map_err(|e| refuse(format!("fallback bundle {describe} refused: {e}")))?;
+        let fallback = Fallback::new(fb_reader, fb, manifest, opts.max_download, describe)
+            .map_err(|e| refuse(format!("{e:#}")))?;
+        report.from_fallback = mismatched
+            .iter()
+            .map(|&(i, k)| fallback.cost(i, &manifest.images[i].chunk_range(k)))
+            .sum();
+        fallback.check_budget(report.from_fallback)?;
+        log::warn!(
+            "{needs}; {} bytes come from the fallback",
+            report.from_fallback
+        );
+        sources.fallback = Some(fallback);
+    }
+
     let hook_env = HookEnv {
         target_slot: target_name.clone(),
         target_device: devices[0].path.display().to_string(),
@@ -136,9 +234,134 @@ pub fn plan(
             devices,
             hook_env,
             floor,
+            sources,
+            report,
         },
         reader,
     ))
+}
+
+/// The running slot's device of the delta image's class, opened read-only: the base.
+fn open_base(board: &Board, booted: SlotId, image: &bundle::Image) -> Result<std::fs::File> {
+    let path = board
+        .class_device(booted, &image.slot_class)
+        .ok_or_else(|| {
+            refuse(format!(
+                "bundle has a delta {} image, but the running slot has no {} device to read its base from",
+                image.slot_class, image.slot_class
+            ))
+        })?;
+    std::fs::File::open(path).with_context(|| {
+        format!(
+            "opening the running slot {} to read the delta's base",
+            path.display()
+        )
+    })
+}
+
+/// Reads every base range a delta reads and checks it against its hash, before anything is
+/// written; returns the chunks (image, index) whose base does not match. Counts what comes
+/// from where into `report`.
+fn check_bases(
+    manifest: &bundle::Manifest,
+    sources: &Sources,
+    report: &mut Report,
+    progress: &mut Progress,
+) -> Result<Vec<(usize, usize)>> {
+    let total: u64 = manifest
+        .images
+        .iter()
+        .flat_map(|i| &i.chunks)
+        .map(|c| bundle::extents_len(c.op.extents()))
+        .sum();
+    if manifest.images.iter().any(|i| i.kind.base().is_some()) {
+        progress.phase("base", total);
+    }
+    let mut done = 0;
+    let mut buf = Vec::new();
+    let mut mismatched = Vec::new();
+    for (i, image) in manifest.images.iter().enumerate() {
+        for (k, c) in image.chunks.iter().enumerate() {
+            if c.op == bundle::Op::Zero {
+                report.zeros += u64::from(image.chunk_len(k));
+            }
+            let (Some(expected), Some(Some(base))) = (c.op.base_sha256(), sources.bases.get(i))
+            else {
+                continue;
+            };
+            let extents = c.op.extents();
+            match bundle::read_base(image, k, base, extents, expected, &mut buf) {
+                Ok(()) => report.from_base += bundle::extents_len(extents),
+                Err(bundle::Error::BaseMismatch { .. } | bundle::Error::BaseRead { .. }) => {
+                    mismatched.push((i, k));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            done += bundle::extents_len(extents);
+            progress.set(done);
+        }
+    }
+    report.mismatched_chunks = mismatched.len() as u64;
+    Ok(mismatched)
+}
+
+/// One line naming the base a delta needs and the base the running slot holds (its SHA-256
+/// over the base's length, read for this message only).
+fn describe_mismatch(
+    board: &Board,
+    booted: SlotId,
+    image: &bundle::Image,
+    sources: &Sources,
+    mismatched: &[(usize, usize)],
+) -> Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let Some(base) = image.kind.base() else {
+        return Ok(String::new());
+    };
+    let path = board
+        .class_device(booted, &image.slot_class)
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let mut hasher = sha2::Sha256::new();
+    let mut read = 0u64;
+    if let Some(Some(mut f)) = sources
+        .bases
+        .get(mismatched[0].0)
+        .map(|f| f.as_ref().and_then(|f| f.try_clone().ok()))
+    {
+        use std::io::Seek;
+        f.rewind()?;
+        read = std::io::copy(&mut (&mut f).take(base.size), &mut HashWriter(&mut hasher))?;
+    }
+    let found = hex(&hasher.finalize());
+    let held = if read < base.size {
+        format!("only {read} bytes, SHA-256 {found}")
+    } else {
+        format!("SHA-256 {found}")
+    };
+    Ok(format!(
+        "the delta needs base SHA-256 {} ({} bytes) in the {} device of the running slot {} ({path}), \
+         which holds {held}: {} of its chunks cannot be rebuilt",
+        hex(&base.sha256),
+        base.size,
+        image.slot_class,
+        board.slots.name(booted),
+        mismatched.len()
+    ))
+}
+
+/// Feeds whatever is written into a hasher.
+struct HashWriter<'a>(&'a mut sha2::Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        sha2::Digest::update(self.0, buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The slot to write: the one named, or the only one not running.

@@ -175,20 +175,34 @@ impl Fixture {
         version: &str,
         security_version: u64,
     ) -> PathBuf {
+        let sv = security_version.to_string();
+        self.create_bundle(
+            name,
+            image,
+            &["--version", version, "--security-version", &sv],
+        )
+    }
+
+    /// A delta bundle from `base` (what the devices' slot A holds) to `image`.
+    pub fn delta_bundle(&self, name: &str, base: &[u8], image: &[u8], version: &str) -> PathBuf {
+        let old = self.t.path(&format!("{name}.base"));
+        std::fs::write(&old, base).unwrap();
+        let old = old.to_str().unwrap();
+        let args = ["--version", version, "--level", "3", "--delta-from", old];
+        self.create_bundle(name, image, &args)
+    }
+
+    fn create_bundle(&self, name: &str, image: &[u8], args: &[&str]) -> PathBuf {
         let img = self.t.path(&format!("{name}.img"));
         std::fs::write(&img, image).unwrap();
         let out = self.t.path(name);
-        abup(&[
+        let mut all = vec![
             "bundle",
             "create",
             "--key",
             self.key.to_str().unwrap(),
             "--compatible",
             "abup-test",
-            "--version",
-            version,
-            "--security-version",
-            &security_version.to_string(),
             "--created",
             "1790000000",
             "--chunk-size",
@@ -197,8 +211,9 @@ impl Fixture {
             img.to_str().unwrap(),
             "-o",
             out.to_str().unwrap(),
-        ])
-        .success();
+        ];
+        all.extend_from_slice(args);
+        abup(&all).success();
         out
     }
 

@@ -1,4 +1,5 @@
-//! A small HTTP/1.1 file server for tests: serves one file, honours `Range: bytes=N-`, and
+//! A small HTTP/1.1 file server for tests: serves one file, honours `Range: bytes=N-` and
+//! `bytes=N-M`, and
 //! can drop the connection after a number of bytes to play a flaky network.
 
 use std::io::{BufRead, BufReader, Write};
@@ -60,12 +61,13 @@ fn handle(
             b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
         );
     }
-    let start: u64 = range
+    let (start, last): (u64, Option<u64>) = range
         .strip_prefix("bytes=")
-        .and_then(|r| r.strip_suffix('-'))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    let body = &data[start as usize..];
+        .and_then(|r| r.split_once('-'))
+        .map(|(a, b)| (a.parse().unwrap_or(0), b.parse().ok()))
+        .unwrap_or((0, None));
+    let end = last.map_or(data.len(), |l| (l as usize + 1).min(data.len()));
+    let body = &data[start as usize..end];
     let head = if range.is_empty() {
         format!(
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -76,7 +78,7 @@ fn handle(
             "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {}-{}/{}\r\nConnection: close\r\n\r\n",
             body.len(),
             start,
-            data.len().saturating_sub(1),
+            end.saturating_sub(1),
             data.len()
         )
     };

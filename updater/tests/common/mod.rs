@@ -26,10 +26,16 @@ impl Output {
     /// Asserts a refusal: exit status 1 and one line on stderr, `abup: error: ...`, that says
     /// each of `what` (compared with spaces normalised), written without runs of spaces.
     pub fn assert_refused(&self, what: &[&str]) {
+        self.assert_refused_with(1, what);
+    }
+
+    /// [`Output::assert_refused`] with exit status `code` (4: a bundle that will never
+    /// install here).
+    pub fn assert_refused_with(&self, code: i32, what: &[&str]) {
         let err = self.stderr_text();
         assert_eq!(
             self.code,
-            Some(1),
+            Some(code),
             "not refused; stdout: {}, stderr: {err}",
             self.stdout_text()
         );

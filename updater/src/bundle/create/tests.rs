@@ -25,6 +25,7 @@ fn build(opts: &CreateOptions, images: &mut [(&str, &[u8])], key: &SecretKey) ->
         .map(|((class, _), r)| ImageSource {
             slot_class: class.to_string(),
             reader: r,
+            base: None,
         })
         .collect();
     let mut out = Vec::new();
@@ -54,6 +55,7 @@ fn create_err(opts: &CreateOptions, classes: &[&str]) -> Error {
         .map(|(c, r)| ImageSource {
             slot_class: c.to_string(),
             reader: r,
+            base: None,
         })
         .collect();
     let e = create(
@@ -167,6 +169,7 @@ fn io_errors_say_which_side_failed() {
     let mut sources = [ImageSource {
         slot_class: "rootfs".into(),
         reader: &mut failing,
+        base: None,
     }];
     let e = create(
         &opts(),
@@ -185,6 +188,7 @@ fn io_errors_say_which_side_failed() {
     let mut sources = [ImageSource {
         slot_class: "rootfs".into(),
         reader: &mut reader,
+        base: None,
     }];
     let e = create(&opts(), &mut sources, &key, &mut Failing, &mut Vec::new()).unwrap_err();
     assert!(matches!(e, Error::Scratch { .. }), "{e}");
@@ -193,6 +197,7 @@ fn io_errors_say_which_side_failed() {
     let mut sources = [ImageSource {
         slot_class: "rootfs".into(),
         reader: &mut reader,
+        base: None,
     }];
     let e = create(
         &opts(),
@@ -222,7 +227,7 @@ fn chunks_follow_the_image_exactly() {
                 ..opts()
             };
             let bundle = build(&o, &mut [("rootfs", &data)], &key).unwrap();
-            let v = verify_all(&mut bundle.as_slice(), &ring).unwrap();
+            let v = verify_all(&mut bundle.as_slice(), &ring, &[]).unwrap().0;
             let img = &v.manifest.images[0];
             assert_eq!(img.size, size as u64);
             assert_eq!(img.chunks.len(), chunks, "{size}");
@@ -247,6 +252,7 @@ fn scratch_is_used_from_its_position() {
     let mut sources = [ImageSource {
         slot_class: "rootfs".into(),
         reader: &mut reader,
+        base: None,
     }];
     let mut scratch = Cursor::new(b"unrelated bytes before".to_vec());
     scratch.seek(SeekFrom::End(0)).unwrap();
@@ -264,7 +270,7 @@ fn any_zstd_level_gives_a_valid_bundle() {
     for level in [*levels.start(), -1, 0, 1, 19, *levels.end()] {
         let o = CreateOptions { level, ..opts() };
         let bundle = build(&o, &mut [("rootfs", &data)], &key).unwrap();
-        verify_all(&mut bundle.as_slice(), &ring).unwrap();
+        verify_all(&mut bundle.as_slice(), &ring, &[]).unwrap();
     }
 }
 
@@ -293,7 +299,7 @@ fn a_signed_manifest_is_still_validated() {
     let bundle = build(&opts(), &mut [("rootfs", &data)], &key).unwrap();
     let v = read_verified(&mut bundle.as_slice(), &ring).unwrap();
     let mut m = v.manifest.clone();
-    let first = m.images[0].chunks[0];
+    let first = m.images[0].chunks[0].clone();
     m.images[0].chunks.push(first);
     let bad = signed_bundle(&m.to_canonical_json(), &key, &[]);
     assert!(matches!(
@@ -318,7 +324,7 @@ fn verify_all_checks_each_image_hash() {
     let mut m = v.manifest.clone();
     m.images[1].sha256[0] ^= 1;
     let bad = signed_bundle(&m.to_canonical_json(), &key, payload);
-    match verify_all(&mut bad.as_slice(), &ring) {
+    match verify_all(&mut bad.as_slice(), &ring, &[]).map(|(v, _)| v) {
         Err(Error::ImageHash {
             slot_class,
             expected,

@@ -18,6 +18,7 @@ fn image(compression: Compression, size: u64, stored: &[&[u8]]) -> Image {
         chunks: stored
             .iter()
             .map(|s| Chunk {
+                op: crate::bundle::Op::Data,
                 stored: s.len() as u32,
                 sha256: Sha256::digest(s).into(),
             })

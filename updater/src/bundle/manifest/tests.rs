@@ -10,6 +10,7 @@ const CS: u32 = MIN_CHUNK_SIZE;
 
 fn chunk(stored: u32, seed: u8) -> Chunk {
     Chunk {
+        op: Op::Data,
         stored,
         sha256: [seed; 32],
     }
@@ -271,16 +272,16 @@ fn missing_fields_are_named() {
 
 #[test]
 fn unknown_kind_says_update_even_with_fields_of_its_own() {
-    // What a delta image from a later abup might look like: new kind, new fields, no chunks.
+    // What an image kind from a later abup might look like: new kind, new fields, no chunks.
     let v = edit(|v| {
         let img = &mut v["images"][1];
-        img["kind"] = json!("delta");
-        img["base_sha256"] = json!(hex64(9));
+        img["kind"] = json!("overlay");
+        img["lower_sha256"] = json!(hex64(9));
         img.as_object_mut().unwrap().remove("chunks");
     });
     match err(&v) {
         e @ Error::UnknownImageKind { image: 1, .. } => {
-            assert!(e.to_string().contains("\"delta\""));
+            assert!(e.to_string().contains("\"overlay\""));
             assert!(e.to_string().contains("update abup"), "{e}");
         }
         e => panic!("{e}"),
@@ -290,7 +291,7 @@ fn unknown_kind_says_update_even_with_fields_of_its_own() {
 #[test]
 fn unknown_op_says_update_even_with_fields_of_its_own() {
     let v = edit(|v| {
-        v["images"][0]["chunks"][1] = json!({"op": "copy", "base_offset": 0, "len": 5});
+        v["images"][0]["chunks"][1] = json!({"op": "bsdiff", "base_offset": 0, "len": 5});
     });
     match err(&v) {
         e @ Error::UnknownChunkOp {
@@ -672,4 +673,225 @@ fn long_hostile_values_are_shortened_in_messages() {
     assert!(e.to_string().len() < 400, "{}", e.to_string().len());
     let e = err(&edit(|v| v[huge.as_str()] = json!(1)));
     assert!(e.to_string().len() < 400);
+}
+
+// ---- delta images ----
+
+/// A valid delta manifest: one image of 2.5 chunks against a base of 3 chunks; chunk 0 a
+/// copy from two extents, chunk 1 a patch, chunk 2 zeros.
+fn delta_sample() -> Value {
+    let cs = u64::from(CS);
+    json!({
+        "compatible": "c", "version": "v", "security_version": 0, "created": 0,
+        "images": [{
+            "slot_class": "rootfs", "size": cs * 5 / 2, "sha256": hex64(1), "kind": "delta",
+            "base_size": cs * 3, "base_sha256": hex64(2),
+            "compression": "zstd", "chunk_size": cs,
+            "chunks": [
+                {"op": "copy", "extents": [[cs, cs / 2], [0, cs / 2]], "sha256": hex64(3)},
+                {"op": "patch", "extents": [[0, cs * 3]], "base_sha256": hex64(4),
+                 "stored": 100, "sha256": hex64(5), "out_sha256": hex64(6)},
+                {"op": "zero"}
+            ]
+        }]
+    })
+}
+
+#[test]
+fn a_delta_manifest_parses_and_spells_back_canonically() {
+    let v = delta_sample();
+    let m = Manifest::parse(v.to_string().as_bytes()).unwrap();
+    let img = &m.images[0];
+    assert_eq!(img.kind.base().unwrap().size, u64::from(CS) * 3);
+    assert_eq!(img.chunks[0].op.extents().len(), 2);
+    assert_eq!(img.chunks[1].stored, 100);
+    assert_eq!(img.chunks[2].op, Op::Zero);
+    // Canonical: exactly the fields of each operation, in the documented order.
+    let json = String::from_utf8(m.to_canonical_json()).unwrap();
+    assert!(json.contains(&format!(
+        "\"kind\":\"delta\",\"base_size\":{},\"base_sha256\":\"{}\",\"compression\"",
+        u64::from(CS) * 3,
+        hex64(2)
+    )));
+    assert!(json.contains("{\"op\":\"zero\"}"), "{json}");
+    assert!(json.contains(&format!(
+        "{{\"op\":\"patch\",\"extents\":[[0,{}]],\"base_sha256\":\"{}\",\"stored\":100,\"sha256\":\"{}\",\"out_sha256\":\"{}\"}}",
+        u64::from(CS) * 3,
+        hex64(4),
+        hex64(5),
+        hex64(6)
+    )), "{json}");
+    assert_eq!(Manifest::parse(json.as_bytes()).unwrap(), m);
+}
+
+#[test]
+fn delta_rules_each_refused_with_their_own_message() {
+    let cs = u64::from(CS);
+    type Edit = fn(&mut Value, u64);
+    let cases: &[(&str, Edit, &str)] = &[
+        (
+            "base field in a full image",
+            |v, _| {
+                v["images"][0]["kind"] = json!("full");
+            },
+            "images[0].base_size",
+        ),
+        (
+            "copy in a full image",
+            |v, _| {
+                let img = v["images"][0].as_object_mut().unwrap();
+                img.insert("kind".into(), json!("full"));
+                img.remove("base_size");
+                img.remove("base_sha256");
+            },
+            "a full image",
+        ),
+        (
+            "missing base_sha256",
+            |v, _| {
+                v["images"][0]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("base_sha256");
+            },
+            "images[0].base_sha256",
+        ),
+        (
+            "zero base",
+            |v, _| v["images"][0]["base_size"] = json!(0),
+            "base of 0 bytes",
+        ),
+        (
+            "copy short of its chunk",
+            |v, cs| {
+                v["images"][0]["chunks"][0]["extents"] = json!([[0, cs / 2]]);
+            },
+            "the chunk 65536",
+        ),
+        (
+            "extent past the base",
+            |v, cs| {
+                v["images"][0]["chunks"][0]["extents"] = json!([[cs * 3 - 10, cs]]);
+            },
+            "reaches past the base",
+        ),
+        (
+            "extent wrapping around",
+            |v, _| {
+                v["images"][0]["chunks"][0]["extents"] = json!([[u64::MAX, 2], [0, 65534]]);
+            },
+            "reaches past the base",
+        ),
+        (
+            "empty extent",
+            |v, cs| {
+                v["images"][0]["chunks"][0]["extents"] = json!([[0, 0], [0, cs]]);
+            },
+            "is empty",
+        ),
+        (
+            "no extents",
+            |v, _| {
+                v["images"][0]["chunks"][1]["extents"] = json!([]);
+            },
+            "lists 0 extents",
+        ),
+        (
+            "window too large",
+            |v, _| {
+                let big = MAX_PATCH_WINDOW + 1;
+                v["images"][0]["base_size"] = json!(big);
+                v["images"][0]["chunks"][1]["extents"] = json!([[0, big]]);
+            },
+            "more than the 8388608",
+        ),
+        (
+            "patch storing nothing",
+            |v, _| {
+                v["images"][0]["chunks"][1]["stored"] = json!(0);
+            },
+            "stored in 0 bytes",
+        ),
+        (
+            "zero with stored bytes",
+            |v, _| {
+                v["images"][0]["chunks"][2]["stored"] = json!(5);
+            },
+            "chunks[2].stored",
+        ),
+        (
+            "zero with a hash",
+            |v, _| {
+                v["images"][0]["chunks"][2]["sha256"] = json!(hex64(1));
+            },
+            "chunks[2].sha256",
+        ),
+        (
+            "data with extents",
+            |v, cs| {
+                v["images"][0]["chunks"][2] =
+                    json!({"op": "data", "extents": [[0, cs]], "stored": 5, "sha256": hex64(1)});
+            },
+            "chunks[2].extents",
+        ),
+        (
+            "copy with out_sha256",
+            |v, _| {
+                v["images"][0]["chunks"][0]["out_sha256"] = json!(hex64(1));
+            },
+            "chunks[0].out_sha256",
+        ),
+        (
+            "patch without out_sha256",
+            |v, _| {
+                v["images"][0]["chunks"][1]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("out_sha256");
+            },
+            "chunks[1].out_sha256",
+        ),
+        (
+            "extent not a pair",
+            |v, _| {
+                v["images"][0]["chunks"][0]["extents"] = json!([[0, 1, 2]]);
+            },
+            "not valid",
+        ),
+        (
+            "extent negative",
+            |v, _| {
+                v["images"][0]["chunks"][0]["extents"] = json!([[-1, 1]]);
+            },
+            "not valid",
+        ),
+    ];
+    for (name, edit, needle) in cases {
+        let mut v = delta_sample();
+        edit(&mut v, cs);
+        match Manifest::parse(v.to_string().as_bytes()) {
+            Ok(_) => panic!("{name}: accepted"),
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(msg.contains(needle), "{name}: {msg}");
+                assert!(!msg.contains('\n'), "{name}: {msg}");
+            }
+        }
+    }
+}
+
+#[test]
+fn too_many_extents_are_counted_not_kept() {
+    let mut v = delta_sample();
+    let many: Vec<Value> = (0..=crate::bundle::MAX_EXTENTS)
+        .map(|_| json!([0, 1]))
+        .collect();
+    v["images"][0]["chunks"][0]["extents"] = Value::Array(many);
+    match Manifest::parse(v.to_string().as_bytes()) {
+        // The copy's and the patch's one.
+        Err(Error::TooManyExtents { count }) => {
+            assert_eq!(count, crate::bundle::MAX_EXTENTS + 2)
+        }
+        r => panic!("{r:?}"),
+    }
 }

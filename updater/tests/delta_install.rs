@@ -1,0 +1,275 @@
+//! Delta bundles installed into file-backed slots: rebuilt exactly from the running slot,
+//! refused with one line when the running slot is not their base (nothing changed), completed
+//! from a fallback full bundle (file or HTTP, within --max-download), reported by --dry-run,
+//! and resumed exactly after a power cut at any write.
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+mod common;
+
+use common::fixture::{image, Fixture};
+use common::{durable_writes, Output};
+
+const SLOT: u64 = 2 << 20;
+
+/// The next release: the running image with runs moved, changed, inserted, and zeroed.
+fn next_release(base: &[u8]) -> Vec<u8> {
+    let mut new = Vec::with_capacity(base.len());
+    new.extend_from_slice(&base[1_200_000..1_500_000]);
+    new.extend_from_slice(&image(70_001, 5)[..70_001]);
+    let mut changed = base[..600_000].to_vec();
+    for b in changed.iter_mut().step_by(4099) {
+        *b ^= 0x5a;
+    }
+    new.extend_from_slice(&changed);
+    new.resize(new.len() + 200_000, 0);
+    new.extend_from_slice(&base[600_000..1_100_000]);
+    new
+}
+
+fn device() -> (Fixture, Vec<u8>, std::path::PathBuf) {
+    let f = Fixture::in_memory(SLOT, "");
+    let new = next_release(&f.slot("A"));
+    let d = f.delta_bundle("delta.abup", &f.slot("A"), &new, "2.0");
+    (f, new, d)
+}
+
+fn install(f: &Fixture, bundle: &std::path::Path, extra: &[&str]) -> Output {
+    let mut args = vec!["install", bundle.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    f.abup(&args)
+}
+
+fn assert_installed(f: &Fixture, new: &[u8]) {
+    let s = f.status();
+    assert_eq!(s["next_boot"], "B", "{s}");
+    assert_eq!(s["slots"][1]["bundle"]["version"], "2.0", "{s}");
+    assert_eq!(
+        &f.slot("B")[..new.len()],
+        new,
+        "B holds exactly the new image"
+    );
+}
+
+/// Slot A and the environment exactly as `saved` has them, and B too: nothing was written.
+fn assert_untouched(saved: &[(std::path::PathBuf, Vec<u8>)]) {
+    for (p, bytes) in saved {
+        let name = p.file_name().unwrap().to_string_lossy();
+        if name.starts_with("slot-") || name.starts_with("abupenv") {
+            assert!(std::fs::read(p).unwrap() == *bytes, "{name} was written");
+        }
+    }
+}
+
+/// Slot A as a root filesystem mounted read-write once: a byte changed.
+fn touch_running_slot(f: &Fixture) {
+    let path = f.t.path("slot-a");
+    let mut a = std::fs::read(&path).unwrap();
+    a[700_000] ^= 1;
+    std::fs::write(&path, a).unwrap();
+}
+
+#[test]
+fn a_delta_installs_exactly_reading_the_running_slot() {
+    let (f, new, d) = device();
+    let slot_a = f.slot("A");
+    let full = f.bundle("full.abup", &new, "2.0", 0);
+    let (dl, fl) = (
+        std::fs::metadata(&d).unwrap().len(),
+        std::fs::metadata(&full).unwrap().len(),
+    );
+    assert!(dl * 4 < fl, "delta {dl} bytes, full bundle {fl}");
+    install(&f, &d, &[]).success();
+    assert_installed(&f, &new);
+    assert_eq!(f.slot("A"), slot_a, "the running slot is only read");
+    // The bundle checks out against its base, and says what it is.
+    let base = f.t.path("delta.abup.base");
+    let keyring = f.keyring.to_str().unwrap();
+    let out = f.abup(&[
+        "bundle",
+        "verify",
+        d.to_str().unwrap(),
+        "--keyring",
+        keyring,
+    ]);
+    assert!(out.success().stdout_text().contains("give --base"));
+    f.abup(&[
+        "bundle",
+        "verify",
+        d.to_str().unwrap(),
+        "--keyring",
+        keyring,
+        "--base",
+        base.to_str().unwrap(),
+    ])
+    .success();
+    let info = f.abup(&["bundle", "info", d.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&info.success().stdout_text()).unwrap();
+    assert_eq!(v["images"][0]["kind"], "delta");
+    assert_eq!(v["images"][0]["base_size"], SLOT);
+}
+
+#[test]
+fn dry_run_reports_where_bytes_come_from_and_writes_nothing() {
+    let (f, _, d) = device();
+    let saved = f.save();
+    let out = install(&f, &d, &["--dry-run", "--progress=json"]);
+    let line = out.success().stdout_text();
+    let v: serde_json::Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
+    assert_eq!(v["dry_run"], true, "{v}");
+    assert!(v["from_base"].as_u64().unwrap() > 1_000_000, "{v}");
+    assert_eq!(v["from_fallback"], 0, "{v}");
+    assert_eq!(v["mismatched_chunks"], 0, "{v}");
+    assert!(v["zeros"].as_u64().unwrap() >= 131_072, "{v}");
+    let payload = std::fs::metadata(&d).unwrap().len();
+    assert!(v["from_bundle"].as_u64().unwrap() < payload, "{v}");
+    assert_untouched(&saved);
+    assert!(!f.state.join("install.json").exists());
+    let human = install(&f, &d, &["--dry-run"]);
+    assert!(
+        human
+            .success()
+            .stdout_text()
+            .contains("nothing was written"),
+        "{}",
+        human.stdout_text()
+    );
+}
+
+#[test]
+fn a_running_slot_that_is_not_the_base_is_refused_in_one_line_and_nothing_changes() {
+    let (f, _, d) = device();
+    touch_running_slot(&f);
+    let saved = f.save();
+    let out = install(&f, &d, &[]);
+    out.assert_refused_with(
+        4,
+        &["needs base SHA-256", "which holds SHA-256", "--fallback"],
+    );
+    assert_untouched(&saved);
+    // The dry run says the same.
+    install(&f, &d, &["--dry-run"]).assert_refused_with(4, &["needs base SHA-256"]);
+
+    // A delta built against something else altogether.
+    let other = image(SLOT as usize, 1234);
+    let wrong = f.delta_bundle("wrong.abup", &other, &next_release(&other), "2.0");
+    let out = install(&f, &wrong, &[]);
+    out.assert_refused_with(4, &["needs base SHA-256"]);
+    assert_untouched(&saved);
+    assert_eq!(f.status()["next_boot"], "A");
+}
+
+#[test]
+fn a_fallback_file_supplies_what_the_running_slot_cannot() {
+    let (f, new, d) = device();
+    touch_running_slot(&f);
+    let full = f.bundle("full.abup", &new, "2.0", 0);
+    let dry = install(
+        &f,
+        &d,
+        &[
+            "--dry-run",
+            "--progress=json",
+            "--fallback",
+            full.to_str().unwrap(),
+        ],
+    );
+    let text = dry.success().stdout_text();
+    let v: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let fetched = v["from_fallback"].as_u64().unwrap();
+    assert!(fetched > 0, "{v}");
+    assert!(
+        fetched * 4 < std::fs::metadata(&full).unwrap().len(),
+        "only the chunks the base cannot rebuild: {v}"
+    );
+    install(&f, &d, &["--fallback", full.to_str().unwrap()]).success();
+    assert_installed(&f, &new);
+}
+
+#[test]
+fn max_download_stops_the_fallback_before_anything_is_written() {
+    let (f, new, d) = device();
+    touch_running_slot(&f);
+    let full = f.bundle("full.abup", &new, "2.0", 0);
+    let saved = f.save();
+    let out = install(
+        &f,
+        &d,
+        &["--fallback", full.to_str().unwrap(), "--max-download", "1K"],
+    );
+    out.assert_refused(&["--max-download", "1024"]);
+    assert_untouched(&saved);
+    // A fallback of another release is no fallback.
+    let other = f.bundle("other.abup", &image(new.len(), 3), "2.1", 0);
+    let out = install(&f, &d, &["--fallback", other.to_str().unwrap()]);
+    out.assert_refused_with(4, &["not the full bundle of this release"]);
+    assert_untouched(&saved);
+}
+
+#[test]
+fn a_fallback_url_is_fetched_with_range_requests_for_the_missing_chunks_only() {
+    let (f, new, d) = device();
+    touch_running_slot(&f);
+    let full = f.bundle("full.abup", &new, "2.0", 0);
+    let server = common::http::serve(full.clone(), vec![]);
+    install(&f, &d, &["--fallback", &server.url]).success();
+    assert_installed(&f, &new);
+    let ranges = server.ranges.lock().unwrap().clone();
+    // The front, then single chunks: `bytes=A-B`, far fewer bytes than the bundle.
+    let mut fetched = 0;
+    for r in ranges.iter().skip(1) {
+        let (a, b) = r
+            .strip_prefix("bytes=")
+            .and_then(|r| r.split_once('-'))
+            .unwrap_or_else(|| panic!("{ranges:?}"));
+        fetched += b.parse::<u64>().unwrap() + 1 - a.parse::<u64>().unwrap();
+    }
+    assert!(ranges.len() >= 2, "{ranges:?}");
+    assert!(
+        fetched * 4 < std::fs::metadata(&full).unwrap().len(),
+        "{fetched} bytes fetched: {ranges:?}"
+    );
+}
+
+#[test]
+fn a_cut_after_any_write_of_a_delta_install_resumes_to_the_exact_image() {
+    common::require_fault_injection();
+    let (f, new, d) = device();
+    let clean = f.save();
+    let run = |cut: Option<usize>| {
+        let cut = cut.map(|c| c.to_string());
+        let env: Vec<(&str, &str)> = cut
+            .iter()
+            .map(|c| ("ABUP_CUT_AFTER_WRITES", c.as_str()))
+            .collect();
+        f.abup_env(&["-vv", "install", d.to_str().unwrap()], &env)
+    };
+    let writes = durable_writes(run(None).success());
+    assert!(writes.len() > 10, "{writes:#?}");
+    let slot_a = f.slot("A");
+    let mut resumed = 0;
+    for cut in 1..=writes.len() {
+        f.restore(&clean);
+        let what = format!("cut {cut} ({})", writes[cut - 1]);
+        let out = run(Some(cut));
+        assert_eq!(out.code, None, "{what}: the process was stopped");
+        let s = f.status();
+        if s["next_boot"] == "B" {
+            assert_eq!(
+                &f.slot("B")[..new.len()],
+                &new[..],
+                "{what}: B boots half-written"
+            );
+        } else {
+            assert_eq!(s["next_boot"], "A", "{what}: {s}");
+        }
+        assert_eq!(f.slot("A"), slot_a, "{what}: the running slot was written");
+        let again = run(None);
+        again.success();
+        if again.stdout_text().contains("(resumed)") {
+            resumed += 1;
+        }
+        assert_installed(&f, &new);
+    }
+    assert!(resumed >= 3, "{resumed} reruns resumed");
+    eprintln!("{} cut points, {resumed} reruns resumed", writes.len());
+}
