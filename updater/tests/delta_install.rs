@@ -273,3 +273,117 @@ fn a_cut_after_any_write_of_a_delta_install_resumes_to_the_exact_image() {
     assert!(resumed >= 3, "{resumed} reruns resumed");
     eprintln!("{} cut points, {resumed} reruns resumed", writes.len());
 }
+
+/// A delta at the limits, built by hand: every chunk of 1 MiB a patch whose window is the
+/// largest a patch may read (8 MiB), so every decoder holds a full window.
+fn widest_delta(f: &Fixture, base: &[u8], new: &[u8]) -> std::path::PathBuf {
+    use abup::bundle::{self, Base, Chunk, Compression, Extent, Image, ImageKind, Manifest, Op};
+    use sha2::{Digest, Sha256};
+    use zstd::zstd_safe::{CCtx, CParameter};
+    let cs = bundle::MAX_INSTALL_CHUNK_SIZE as usize;
+    let window = bundle::MAX_PATCH_WINDOW;
+    let (mut chunks, mut payload) = (Vec::new(), Vec::new());
+    for (k, data) in new.chunks(cs).enumerate() {
+        // Each chunk's window starts somewhere else, so no two decoders share one.
+        let at = (k as u64 * 1_000_000) % (base.len() as u64 - window);
+        let prefix = &base[at as usize..(at + window) as usize];
+        let mut ctx = CCtx::create();
+        ctx.set_parameter(CParameter::CompressionLevel(3)).unwrap();
+        ctx.set_parameter(CParameter::WindowLog(24)).unwrap();
+        ctx.ref_prefix(prefix).unwrap();
+        let mut frame = Vec::with_capacity(2 * cs);
+        ctx.compress2(&mut frame, data).unwrap();
+        chunks.push(Chunk {
+            op: Op::Patch {
+                extents: vec![Extent {
+                    offset: at,
+                    len: window,
+                }],
+                base_sha256: Sha256::digest(prefix).into(),
+                out_sha256: Sha256::digest(data).into(),
+            },
+            ..Chunk::describe(&frame)
+        });
+        payload.extend_from_slice(&frame);
+    }
+    let manifest = Manifest {
+        compatible: "abup-test".into(),
+        version: "2.0".into(),
+        security_version: 0,
+        created: 0,
+        images: vec![Image {
+            slot_class: "rootfs".into(),
+            size: new.len() as u64,
+            sha256: Sha256::digest(new).into(),
+            kind: ImageKind::Delta(Base {
+                size: base.len() as u64,
+                sha256: Sha256::digest(base).into(),
+            }),
+            compression: Compression::Zstd,
+            chunk_size: cs as u32,
+            chunks,
+        }],
+    };
+    let pem = String::from_utf8(std::fs::read(&f.key).unwrap()).unwrap();
+    let key = bundle::SecretKey::from_pem(&pem).unwrap();
+    let path = f.t.path("widest.abup");
+    let mut out = std::fs::File::create(&path).unwrap();
+    bundle::write_front(&manifest, &key, &mut out).unwrap();
+    std::io::Write::write_all(&mut out, &payload).unwrap();
+    path
+}
+
+/// The budget: a delta install peaks at or under 64 MiB, whatever delta abup accepts. The
+/// widest delta has every decoder hold an 8 MiB window; a machine with fewer cores than the
+/// four decoders an install starts at most is projected to four, each holding a window and
+/// its chunk buffers. The budget is for the release build; the unoptimised test build is
+/// allowed 8 MiB more (as for full installs).
+#[test]
+fn a_delta_install_with_the_widest_windows_stays_within_64_mib() {
+    if !common::have("/usr/bin/time") {
+        return;
+    }
+    let slot = 24u64 << 20;
+    let f = Fixture::new(slot, "");
+    let base = f.slot("A");
+    // The new image: the base's second half, changed every 1,000 bytes.
+    let mut new = base[12 << 20..].to_vec();
+    for b in new.iter_mut().step_by(1000) {
+        *b ^= 0x33;
+    }
+    let d = widest_delta(&f, &base, &new);
+    let out = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "peak-rss-kib=%M", env!("CARGO_BIN_EXE_abup")])
+        .args(["install", d.to_str().unwrap(), "--progress", "none"])
+        .env("ABUP_CONFIG", &f.board)
+        .env("ABUP_PROC_CMDLINE", &f.cmdline)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(f.slot("B")[..new.len()] == new[..], "B holds the new image");
+    let kib: u64 = err
+        .lines()
+        .find_map(|l| l.strip_prefix("peak-rss-kib="))
+        .unwrap_or_else(|| panic!("no measurement: {err}"))
+        .trim()
+        .parse()
+        .unwrap();
+    let decoders = std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) as u64;
+    // Per decoder: its window, a stored and a decoded chunk.
+    let per_decoder = abup::bundle::MAX_PATCH_WINDOW + 2 * (1 << 20);
+    let projected = (kib << 10) + (4 - decoders) * per_decoder;
+    let budget: u64 = if cfg!(debug_assertions) { 72 << 20 } else { 64 << 20 };
+    eprintln!(
+        "peak RSS of a delta install with 8 MiB windows and {decoders} decoder(s): {kib} KiB; \
+         with four: {} KiB; budget {} KiB",
+        projected >> 10,
+        budget >> 10
+    );
+    assert!(
+        projected <= budget,
+        "a delta install would peak at {} KiB with four decoders, over {} KiB",
+        projected >> 10,
+        budget >> 10
+    );
+}
