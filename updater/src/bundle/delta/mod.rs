@@ -20,24 +20,7 @@
 //! on the thread count. Before it returns, the build applies its own delta to the base and
 //! checks every chunk against the new image.
 
-// TEMP until ext4.rs lands
-mod ext4 {
-    #[derive(Debug)]
-    pub struct FileMap {
-        pub path: String,
-        pub size: u64,
-        pub extents: Vec<Extent>,
-    }
-    #[derive(Debug)]
-    pub struct Extent {
-        pub logical: u64,
-        pub offset: u64,
-        pub len: u64,
-    }
-    pub fn files(_: &[u8]) -> Option<Vec<FileMap>> {
-        None
-    }
-}
+pub mod ext4;
 mod matches;
 
 use std::collections::{BTreeMap, HashMap};
@@ -97,12 +80,12 @@ impl Pairs {
                 })
             });
             let Some(old) = counterpart else { continue };
+            // Every 4 KiB block the extent touches (filesystem blocks may be smaller).
             for e in &f.extents {
-                let mut at = 0;
-                while at < e.len {
-                    let block = (e.offset + at) / BLOCK as u64;
+                let bs = BLOCK as u64;
+                for block in e.offset / bs..(e.offset + e.len).div_ceil(bs) {
+                    let at = (block * bs).max(e.offset) - e.offset;
                     by_block.entry(block).or_insert((old, e.logical + at));
-                    at += BLOCK as u64;
                 }
             }
         }
@@ -164,7 +147,14 @@ pub fn build(
             Error::BaseSize { image: 0, size }
         });
     }
+    let started = std::time::Instant::now();
     let segs = matches::find(old, new);
+    log::info!(
+        "delta {slot_class}: {} bytes of {} found in the base in {:.1} s",
+        segs.iter().map(|s| s.len).sum::<u64>(),
+        new.len(),
+        started.elapsed().as_secs_f64()
+    );
     let pairs = Pairs::new(old, new);
     let mut image = Image {
         slot_class: slot_class.to_string(),
@@ -224,6 +214,16 @@ pub fn build(
             message: "a delta worker stopped".into(),
         });
     }
+    let count = |name: &str| image.chunks.iter().filter(|c| c.op.name() == name).count();
+    log::info!(
+        "delta {slot_class}: {} copy, {} patch, {} data, {} zero chunks, {} bytes stored, in {:.1} s",
+        count("copy"),
+        count("patch"),
+        count("data"),
+        count("zero"),
+        stored.iter().map(Vec::len).sum::<usize>(),
+        started.elapsed().as_secs_f64()
+    );
     self_check(&image, old, new, &stored)?;
     Ok((image, stored))
 }

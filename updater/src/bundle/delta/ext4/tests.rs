@@ -7,6 +7,7 @@ use std::fs::{self, File};
 use std::os::unix::fs::{symlink, FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use super::{block_size, files, FileMap};
 
@@ -121,14 +122,28 @@ fn populate(root: &Path) {
     fs::create_dir(root.join("many")).unwrap();
     for i in 0..2000 {
         let name = format!("entry-{i:04}-{}", "x".repeat(i % 40));
-        let body = if i % 10 == 0 { String::new() } else { format!("{i}\n") };
+        let body = if i % 10 == 0 {
+            String::new()
+        } else {
+            format!("{i}\n")
+        };
         fs::write(root.join("many").join(name), body).unwrap();
     }
     fs::write(root.join("empty"), "").unwrap();
     fs::write(root.join("small.txt"), "hello\n").unwrap();
-    write_at(&root.join("sparse"), 10 * MIB, 5 * MIB, &pattern(2, 100_000));
+    write_at(
+        &root.join("sparse"),
+        10 * MIB,
+        5 * MIB,
+        &pattern(2, 100_000),
+    );
     write_at(&root.join("far"), 81 * MIB, 80 * MIB, &pattern(3, 3000));
-    fs::write(root.join("big.bin"), pattern(4, 20 * MIB)).unwrap();
+    static BIG: OnceLock<Vec<u8>> = OnceLock::new();
+    fs::write(
+        root.join("big.bin"),
+        BIG.get_or_init(|| pattern(4, 20 * MIB)),
+    )
+    .unwrap();
     fs::create_dir(root.join("hard")).unwrap();
     fs::hard_link(root.join("a/b/mid.bin"), root.join("hard/one")).unwrap();
     fs::hard_link(root.join("a/b/mid.bin"), root.join("hard/two")).unwrap();
@@ -173,9 +188,21 @@ fn content(image: &[u8], map: &FileMap, bs: u64) -> Vec<u8> {
     let mut data = vec![0; map.size as usize];
     let mut next = 0;
     for e in &map.extents {
-        assert!(e.len > 0 && e.logical >= next, "{}: {:?}", map.path, map.extents);
-        assert!([e.logical, e.offset, e.len].iter().all(|v| v % bs == 0), "{e:?}");
-        assert!(e.logical < map.size, "{}: extent past the end: {e:?}", map.path);
+        assert!(
+            e.len > 0 && e.logical >= next,
+            "{}: {:?}",
+            map.path,
+            map.extents
+        );
+        assert!(
+            [e.logical, e.offset, e.len].iter().all(|v| v % bs == 0),
+            "{e:?}"
+        );
+        assert!(
+            e.logical < map.size,
+            "{}: extent past the end: {e:?}",
+            map.path
+        );
         next = e.logical + e.len;
         let n = e.len.min(map.size - e.logical) as usize;
         let from = e.offset as usize;
@@ -205,19 +232,34 @@ fn host_files(root: &Path) -> HashMap<u64, PathBuf> {
 
 /// Checks `maps` against the tree the image was made from: one path for each regular file,
 /// hard links counted once, every size and every byte. Returns the maps by host inode.
-fn check_against_tree<'m>(image: &[u8], maps: &'m [FileMap], tree: &Path) -> HashMap<u64, &'m FileMap> {
+fn check_against_tree<'m>(
+    image: &[u8],
+    maps: &'m [FileMap],
+    tree: &Path,
+) -> HashMap<u64, &'m FileMap> {
     let bs = block_size(image).unwrap();
     let mut by_inode = HashMap::new();
     for map in maps {
         let host = tree.join(map.path.strip_prefix('/').unwrap());
         let meta = fs::symlink_metadata(&host).unwrap_or_else(|e| panic!("{}: {e}", map.path));
         assert!(meta.is_file(), "{} is not a regular file", map.path);
-        assert!(by_inode.insert(meta.ino(), map).is_none(), "{} listed twice", map.path);
+        assert!(
+            by_inode.insert(meta.ino(), map).is_none(),
+            "{} listed twice",
+            map.path
+        );
         assert_eq!(map.size, meta.len(), "{}", map.path);
-        assert!(content(image, map, bs) == fs::read(&host).unwrap(), "{}: wrong data", map.path);
+        assert!(
+            content(image, map, bs) == fs::read(&host).unwrap(),
+            "{}: wrong data",
+            map.path
+        );
     }
     let expected = host_files(tree);
-    let missing: Vec<_> = expected.iter().filter(|(ino, _)| !by_inode.contains_key(ino)).collect();
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|(ino, _)| !by_inode.contains_key(ino))
+        .collect();
     assert!(missing.is_empty(), "not listed: {missing:?}");
     assert_eq!(by_inode.len(), expected.len());
     by_inode
@@ -240,7 +282,11 @@ fn debugfs_blocks(image: &Path, path: &str) -> BTreeMap<u64, u64> {
         }
     };
     let mut blocks = BTreeMap::new();
-    for item in list.split(", ").map(str::trim).filter(|item| !item.is_empty()) {
+    for item in list
+        .split(", ")
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+    {
         let (logical, physical) = item.split_once(':').unwrap();
         let logical = logical.trim_matches(['(', ')']);
         if logical.contains(['I', 'E', '[']) {
@@ -275,14 +321,30 @@ fn debugfs_extent_count(image: &Path, path: &str) -> usize {
 
 /// Compares the maps of `paths` with what debugfs says, block by block and, for extent-mapped
 /// files, extent by extent.
-fn cross_check(built: &Built, image: &[u8], by_inode: &HashMap<u64, &FileMap>, paths: &[&str], extents: bool) {
+fn cross_check(
+    built: &Built,
+    image: &[u8],
+    by_inode: &HashMap<u64, &FileMap>,
+    paths: &[&str],
+    extents: bool,
+) {
     let bs = block_size(image).unwrap();
     for path in paths {
-        let ino = fs::symlink_metadata(built.tree.join(&path[1..])).unwrap().ino();
+        let ino = fs::symlink_metadata(built.tree.join(&path[1..]))
+            .unwrap()
+            .ino();
         let map = by_inode[&ino];
-        assert_eq!(our_blocks(map, bs), debugfs_blocks(&built.image, path), "{path}");
+        assert_eq!(
+            our_blocks(map, bs),
+            debugfs_blocks(&built.image, path),
+            "{path}"
+        );
         if extents {
-            assert_eq!(map.extents.len(), debugfs_extent_count(&built.image, path), "{path}");
+            assert_eq!(
+                map.extents.len(),
+                debugfs_extent_count(&built.image, path),
+                "{path}"
+            );
         }
     }
 }
@@ -295,14 +357,28 @@ fn full_tree(mkfs: &str, args: &[&str], extents: bool) {
     let built = build(populate, mkfs, args, "64M");
     index_directories(&built.image);
     let flags = debugfs(&built.image, "stat /many");
-    let flags = flags.split("Flags: 0x").nth(1).and_then(|s| s.split_whitespace().next());
+    let flags = flags
+        .split("Flags: 0x")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next());
     let flags = u32::from_str_radix(flags.unwrap(), 16).unwrap();
-    assert!(flags & 0x1000 != 0, "/many is not an htree directory: {flags:#x}");
+    assert!(
+        flags & 0x1000 != 0,
+        "/many is not an htree directory: {flags:#x}"
+    );
 
     let image = fs::read(&built.image).unwrap();
     let maps = files(&image).expect("a real image parses");
     let by_inode = check_against_tree(&image, &maps, &built.tree);
-    let paths = ["/big.bin", "/sparse", "/far", "/a/b/mid.bin", "/many/entry-0007-xxxxxxx", "/small.txt", "/empty"];
+    let paths = [
+        "/big.bin",
+        "/sparse",
+        "/far",
+        "/a/b/mid.bin",
+        "/many/entry-0007-xxxxxxx",
+        "/small.txt",
+        "/empty",
+    ];
     cross_check(&built, &image, &by_inode, &paths, extents);
     let big = maps.iter().find(|m| m.path == "/big.bin").unwrap();
     assert!(!big.extents.is_empty());
@@ -313,9 +389,24 @@ fn ext4_64bit_4k() {
     full_tree("mkfs.ext4", &["-O", "64bit"], true);
 }
 
+/// 1 MiB groups: with 32 descriptors per block, groups from 32 on have theirs inside their
+/// meta group, and -N spreads the inodes over all 64 groups.
 #[test]
-fn ext4_32bit_descriptors_1k() {
-    full_tree("mkfs.ext4", &["-b", "1024", "-O", "^64bit"], true);
+fn ext4_1k_32bit_meta_bg() {
+    full_tree(
+        "mkfs.ext4",
+        &[
+            "-b",
+            "1024",
+            "-g",
+            "1024",
+            "-N",
+            "2560",
+            "-O",
+            "^64bit,meta_bg,^resize_inode",
+        ],
+        true,
+    );
 }
 
 #[test]
@@ -329,45 +420,87 @@ fn ext2_triple_indirect() {
     full_tree("mkfs.ext2", &["-b", "1024"], false);
 }
 
-/// 1 MiB groups and 64-bit descriptors: 16 descriptors per block, so groups from 16 on have
-/// theirs inside their meta group, and -N spreads the inodes over all of them.
-#[test]
-fn ext4_meta_bg() {
-    full_tree(
-        "mkfs.ext4",
-        &["-b", "1024", "-g", "1024", "-N", "2560", "-O", "64bit,meta_bg,^resize_inode"],
-        true,
-    );
-}
-
 fn populate_inline(root: &Path) {
-    // Six 16-byte entries overflow the 56 bytes of i_block into the "system.data" attribute.
     fs::create_dir_all(root.join("s/t")).unwrap();
-    for (i, name) in ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"].iter().enumerate() {
-        fs::write(root.join("s").join(name), pattern(10 + i as u64, 5000)).unwrap();
-    }
-    fs::write(root.join("s/t/deep"), pattern(20, 9000)).unwrap();
+    fs::write(root.join("s/alpha"), pattern(10, 5000)).unwrap();
+    fs::write(root.join("s/t/deep"), pattern(11, 9000)).unwrap();
     fs::write(root.join("tiny"), "inline\n").unwrap();
 }
 
-/// Inline directories are read (both parts); inline files have no blocks and are left out.
+/// Inline directories are read; inline files have no blocks and are left out.
 #[test]
 fn inline_data() {
     if !have(&["mkfs.ext4", "debugfs"]) {
         return;
     }
     let built = build(populate_inline, "mkfs.ext4", &["-O", "inline_data"], "8M");
-    let stat = debugfs(&built.image, "stat /s");
-    assert!(stat.contains("Flags: 0x10000000"), "/s is not inline: {stat}");
-    let inline_size = stat.split("Size of inline data: ").nth(1).unwrap();
-    let inline_size: u32 = inline_size.split_whitespace().next().unwrap().parse().unwrap();
-    assert!(inline_size > 60, "/s does not use system.data");
-    assert!(debugfs(&built.image, "stat /tiny").contains("Flags: 0x10000000"));
-
+    for path in ["/s", "/s/t", "/tiny"] {
+        let stat = debugfs(&built.image, &format!("stat {path}"));
+        assert!(
+            stat.contains("Flags: 0x10000000"),
+            "{path} is not inline: {stat}"
+        );
+    }
     let image = fs::read(&built.image).unwrap();
     let maps = files(&image).unwrap();
     fs::remove_file(built.tree.join("tiny")).unwrap();
     check_against_tree(&image, &maps, &built.tree);
+}
+
+/// mke2fs and debugfs never spill an inline directory into its "system.data" attribute (only
+/// the kernel does, once i_block is full), so that part is checked on a hand-made inode.
+#[test]
+fn inline_directory_attribute() {
+    fn dirent(ino: u32, rec_len: u16, file_type: u8, name: &[u8]) -> Vec<u8> {
+        let mut entry = ino.to_le_bytes().to_vec();
+        entry.extend_from_slice(&rec_len.to_le_bytes());
+        entry.extend_from_slice(&[name.len() as u8, file_type]);
+        entry.extend_from_slice(name);
+        entry.resize(usize::from(rec_len), 0);
+        entry
+    }
+    let mut raw = vec![0u8; 256];
+    raw[0..2].copy_from_slice(&0o40755u16.to_le_bytes());
+    raw[0x20..0x24].copy_from_slice(&super::INLINE_DATA_FL.to_le_bytes());
+    raw[0x28..0x2C].copy_from_slice(&2u32.to_le_bytes());
+    raw[0x2C..0x64].copy_from_slice(&dirent(12, 56, 1, b"alpha"));
+    raw[0x80..0x82].copy_from_slice(&32u16.to_le_bytes());
+    let xattr = 0x80 + 32;
+    raw[xattr..xattr + 4].copy_from_slice(&super::XATTR_MAGIC.to_le_bytes());
+    // One entry (16 bytes + "data") and the 4-byte end mark, then the value at offset 24.
+    let entry = xattr + 4;
+    raw[entry..entry + 4].copy_from_slice(&[4, super::XATTR_INDEX_SYSTEM, 24, 0]);
+    raw[entry + 8..entry + 12].copy_from_slice(&28u32.to_le_bytes());
+    raw[entry + 16..entry + 20].copy_from_slice(b"data");
+    raw[entry + 24..entry + 52]
+        .copy_from_slice(&[dirent(13, 16, 2, b"bravo"), dirent(14, 12, 1, b"c")].concat());
+
+    let fs = super::Fs {
+        image: &[],
+        block_size: 4096,
+        inode_size: 256,
+        inodes_count: 64,
+        inodes_per_group: 64,
+        first_ino: 11,
+        first_data_block: 0,
+        blocks_per_group: 32768,
+        group_count: 1,
+        desc_size: 32,
+        desc_64bit: false,
+        filetype: true,
+        first_meta_bg: None,
+        backups: super::Backups::Sparse,
+    };
+    let inode = super::Inode::parse(&raw).unwrap();
+    let entries = super::Walk::new(&fs).dir_entries(&inode).unwrap();
+    let found: Vec<_> = entries
+        .iter()
+        .map(|e| (e.inode, e.file_type, e.name))
+        .collect();
+    assert_eq!(
+        found,
+        [(12, 1, &b"alpha"[..]), (13, 2, b"bravo"), (14, 1, b"c")]
+    );
 }
 
 /// 64 KiB blocks fold the top bits of record lengths into the low ones.
@@ -376,12 +509,23 @@ fn block_size_64k() {
     if !have(&["mkfs.ext4", "debugfs"]) {
         return;
     }
-    let built = build(populate_inline, "mkfs.ext4", &["-b", "65536", "-O", "^inline_data"], "32M");
+    let built = build(
+        populate_inline,
+        "mkfs.ext4",
+        &["-b", "65536", "-O", "^inline_data"],
+        "32M",
+    );
     let image = fs::read(&built.image).unwrap();
     assert_eq!(block_size(&image), Some(65536));
     let maps = files(&image).unwrap();
     let by_inode = check_against_tree(&image, &maps, &built.tree);
-    cross_check(&built, &image, &by_inode, &["/s/alpha", "/tiny"], true);
+    cross_check(
+        &built,
+        &image,
+        &by_inode,
+        &["/s/alpha", "/s/t/deep", "/tiny"],
+        true,
+    );
 }
 
 fn populate_fragments(root: &Path) {
@@ -396,7 +540,12 @@ fn populate_fragments(root: &Path) {
 /// freed, then /big written into the holes) and whose /prealloc has unwritten extents inside
 /// its size. The tree is changed to match.
 fn fragmented() -> Built {
-    let built = build(populate_fragments, "mkfs.ext4", &["-b", "1024", "-N", "2048"], "4M");
+    let built = build(
+        populate_fragments,
+        "mkfs.ext4",
+        &["-b", "1024", "-N", "2048"],
+        "4M",
+    );
     let big = built.dir.path().join("big");
     fs::write(&big, pattern(5, 600_000)).unwrap();
     let mut script = String::new();
@@ -408,7 +557,12 @@ fn fragmented() -> Built {
     script += "fallocate /prealloc 3 9\nsif /prealloc size 40960\n";
     debugfs_write(&built.image, &script);
     fs::rename(&big, built.tree.join("big")).unwrap();
-    File::options().write(true).open(built.tree.join("prealloc")).unwrap().set_len(40960).unwrap();
+    File::options()
+        .write(true)
+        .open(built.tree.join("prealloc"))
+        .unwrap()
+        .set_len(40960)
+        .unwrap();
     built
 }
 
@@ -419,16 +573,30 @@ fn fragmented_and_unwritten() {
     }
     let built = fragmented();
     let tree = debugfs(&built.image, "dump_extents /big");
-    assert!(tree.lines().any(|line| line.trim_start().starts_with("2/ 2")), "{tree}");
+    assert!(
+        tree.lines()
+            .any(|line| line.trim_start().starts_with("2/ 2")),
+        "{tree}"
+    );
     let unwritten = debugfs(&built.image, "dump_extents /prealloc");
     assert!(unwritten.contains("Uninit"), "{unwritten}");
 
     let image = fs::read(&built.image).unwrap();
     let maps = files(&image).unwrap();
     let by_inode = check_against_tree(&image, &maps, &built.tree);
-    cross_check(&built, &image, &by_inode, &["/big", "/prealloc", "/frag/x0002"], true);
+    cross_check(
+        &built,
+        &image,
+        &by_inode,
+        &["/big", "/prealloc", "/frag/x0002"],
+        true,
+    );
     let prealloc = maps.iter().find(|m| m.path == "/prealloc").unwrap();
-    assert_eq!(prealloc.extents.len(), 1, "unwritten extents reported: {prealloc:?}");
+    assert_eq!(
+        prealloc.extents.len(),
+        1,
+        "unwritten extents reported: {prealloc:?}"
+    );
 }
 
 /// A directory hard-linked into its own subtree (debugfs ln allows it) is walked once.
@@ -439,6 +607,11 @@ fn directory_cycle() {
     }
     let built = build(populate_inline, "mkfs.ext4", &[], "8M");
     debugfs_write(&built.image, "ln /s /s/t/loop\nln / /s/t/root\n");
+    let listing = debugfs(&built.image, "ls /s/t");
+    assert!(
+        listing.contains("loop") && listing.contains("root"),
+        "{listing}"
+    );
     let image = fs::read(&built.image).unwrap();
     let maps = files(&image).unwrap();
     check_against_tree(&image, &maps, &built.tree);
@@ -448,7 +621,10 @@ fn directory_cycle() {
 fn check_sane(image: &[u8], maps: &[FileMap]) {
     for map in maps {
         for e in &map.extents {
-            assert!(e.offset.checked_add(e.len).is_some_and(|end| end <= image.len() as u64));
+            assert!(e
+                .offset
+                .checked_add(e.len)
+                .is_some_and(|end| end <= image.len() as u64));
         }
     }
 }
@@ -475,7 +651,21 @@ fn garbage_and_truncated_images() {
     }
     let built = fragmented();
     let image = fs::read(&built.image).unwrap();
-    for len in [0, 1, 1023, 1024, 1080, 2047, 2048, 3072, 4096, 8192, 65536, 1 << 20, 2 << 20] {
+    for len in [
+        0,
+        1,
+        1023,
+        1024,
+        1080,
+        2047,
+        2048,
+        3072,
+        4096,
+        8192,
+        65536,
+        1 << 20,
+        2 << 20,
+    ] {
         if let Some(maps) = files(&image[..len]) {
             check_sane(&image[..len], &maps);
         }
@@ -502,7 +692,9 @@ fn damaged_metadata_never_panics() {
     let data: HashSet<usize> = maps
         .iter()
         .flat_map(|m| &m.extents)
-        .flat_map(|e| (e.offset as usize / bs..(e.offset + e.len) as usize / bs).collect::<Vec<_>>())
+        .flat_map(|e| {
+            (e.offset as usize / bs..(e.offset + e.len) as usize / bs).collect::<Vec<_>>()
+        })
         .collect();
     let metadata: Vec<usize> = (0..image.len() / bs)
         .filter(|b| !data.contains(b) && image[b * bs..][..bs].iter().any(|&v| v != 0))
@@ -511,14 +703,14 @@ fn damaged_metadata_never_panics() {
 
     let mut rng = XorShift(0xDEC0DE);
     let mut parsed = 0;
-    let t = std::time::Instant::now();
-    files(&image);
-    eprintln!("TIMING one parse {:?}", t.elapsed());
-    for _ in 0..1500 {
+    for _ in 0..400 {
         let flips: Vec<(usize, u8)> = (0..1 + rng.below(4))
             .map(|_| {
                 let block = metadata[rng.below(metadata.len() as u64) as usize];
-                (block * bs + rng.below(bs as u64) as usize, 1 + rng.below(255) as u8)
+                (
+                    block * bs + rng.below(bs as u64) as usize,
+                    1 + rng.below(255) as u8,
+                )
             })
             .collect();
         for &(at, mask) in &flips {
@@ -533,5 +725,5 @@ fn damaged_metadata_never_panics() {
         }
     }
     // Most flips hit something the walk does not read; the loop must not only see failures.
-    assert!(parsed > 100, "{parsed}");
+    assert!(parsed > 40, "{parsed}");
 }
