@@ -387,3 +387,38 @@ fn a_delta_install_with_the_widest_windows_stays_within_64_mib() {
         budget >> 10
     );
 }
+
+#[test]
+fn a_delta_installs_from_standard_input_and_from_a_url_that_drops() {
+    use std::io::Write;
+    let (f, new, d) = device();
+    let saved = f.save();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_abup"))
+        .args(["install", "-", "--progress", "json"])
+        .env("ABUP_CONFIG", &f.board)
+        .env("ABUP_PROC_CMDLINE", &f.cmdline)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&std::fs::read(&d).unwrap())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    // The base check is a phase of its own in the progress lines.
+    assert!(String::from_utf8(out.stdout).unwrap().contains("\"phase\":\"base\""));
+    assert_installed(&f, &new);
+
+    // Over HTTP, with the connection dropped twice: resumed with Range requests.
+    f.restore(&saved);
+    let len = std::fs::metadata(&d).unwrap().len();
+    let server = common::http::serve(d.clone(), vec![len / 3, len / 2]);
+    f.abup(&["install", &server.url]).success();
+    assert_installed(&f, &new);
+    let ranges = server.ranges.lock().unwrap().clone();
+    assert!(ranges.len() >= 3 && ranges[1].starts_with("bytes="), "{ranges:?}");
+}
