@@ -51,10 +51,12 @@ fn fixed() -> &'static Fixed {
             ImageSource {
                 slot_class: "rootfs".into(),
                 reader: &mut r,
+                base: None,
             },
             ImageSource {
                 slot_class: "boot".into(),
                 reader: &mut b,
+                base: None,
             },
         ];
         let opts = CreateOptions {

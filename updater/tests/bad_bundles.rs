@@ -5,6 +5,10 @@
 //! untouched and the target out of rotation: the device starts with the target bootable (see
 //! `Fixture::with_b_bootable`), so an install that wrote it without taking it out first would
 //! be seen.
+//!
+//! The delta cases are built against what slot A holds; a case may ask for slot A to be
+//! changed first (a running slot that is no longer the delta's base), and is then checked
+//! against the changed slot.
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 mod common;
@@ -22,12 +26,15 @@ fn every_bad_bundle_is_refused_and_nothing_changes() {
     // The device has confirmed security version 3.
     std::fs::write(f.state.join("security.json"), r#"{"version":1,"floor":3}"#).unwrap();
     let corpus = f.t.path("corpus");
+    let base = f.t.path("base.img");
+    std::fs::write(&base, f.slot("A")).unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/gen-bad-bundles");
     let out = Command::new(script)
         .arg(env!("CARGO_BIN_EXE_abup"))
         .arg(&f.key)
         .arg("abup-test")
         .arg(&corpus)
+        .arg(&base)
         .output()
         .unwrap();
     assert!(
@@ -43,14 +50,22 @@ fn every_bad_bundle_is_refused_and_nothing_changes() {
     let mut n = 0;
     for line in cases.lines() {
         let mut cols = line.split('\t');
-        let (name, status, word) = (
+        let (name, status, word, setup) = (
             cols.next().unwrap(),
             cols.next().unwrap(),
             cols.next().unwrap(),
+            cols.next().unwrap_or(""),
         );
         // Each case is a first attempt on the same device: a journal left by an earlier case
         // at the same signed bundle would rightly let this one resume past its damage.
         f.restore(&device);
+        let mut slot_a = slot_a.clone();
+        if let Some(at) = setup.strip_prefix("flip-slot-a=") {
+            slot_a[at.parse::<usize>().unwrap()] ^= 0xff;
+            std::fs::write(f.t.path("slot-a"), &slot_a).unwrap();
+        } else {
+            assert_eq!(setup, "", "{name}: unknown setup");
+        }
         let r = f.abup(&["install", corpus.join(name).to_str().unwrap()]);
         let err = r.stderr_text();
         if std::env::var_os("SHOW_ERRORS").is_some() {
@@ -79,6 +94,6 @@ fn every_bad_bundle_is_refused_and_nothing_changes() {
         }
         n += 1;
     }
-    assert!(n >= 60, "{n} cases");
+    assert!(n >= 85, "{n} cases");
     eprintln!("{n} bad bundles refused");
 }

@@ -373,7 +373,11 @@ fn a_delta_install_with_the_widest_windows_stays_within_64_mib() {
     // Per decoder: its window, a stored and a decoded chunk.
     let per_decoder = abup::bundle::MAX_PATCH_WINDOW + 2 * (1 << 20);
     let projected = (kib << 10) + (4 - decoders) * per_decoder;
-    let budget: u64 = if cfg!(debug_assertions) { 72 << 20 } else { 64 << 20 };
+    let budget: u64 = if cfg!(debug_assertions) {
+        72 << 20
+    } else {
+        64 << 20
+    };
     eprintln!(
         "peak RSS of a delta install with 8 MiB windows and {decoders} decoder(s): {kib} KiB; \
          with four: {} KiB; budget {} KiB",
@@ -410,7 +414,9 @@ fn a_delta_installs_from_standard_input_and_from_a_url_that_drops() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     // The base check is a phase of its own in the progress lines.
-    assert!(String::from_utf8(out.stdout).unwrap().contains("\"phase\":\"base\""));
+    assert!(String::from_utf8(out.stdout)
+        .unwrap()
+        .contains("\"phase\":\"base\""));
     assert_installed(&f, &new);
 
     // Over HTTP, with the connection dropped twice: resumed with Range requests.
@@ -420,5 +426,8 @@ fn a_delta_installs_from_standard_input_and_from_a_url_that_drops() {
     f.abup(&["install", &server.url]).success();
     assert_installed(&f, &new);
     let ranges = server.ranges.lock().unwrap().clone();
-    assert!(ranges.len() >= 3 && ranges[1].starts_with("bytes="), "{ranges:?}");
+    assert!(
+        ranges.len() >= 3 && ranges[1].starts_with("bytes="),
+        "{ranges:?}"
+    );
 }

@@ -798,10 +798,7 @@ impl<'de> Visitor<'de> for ExtentsSeed<'_> {
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an array of [offset, length] pairs")
     }
-    fn visit_seq<A: SeqAccess<'de>>(
-        self,
-        seq: A,
-    ) -> std::result::Result<Self::Value, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> std::result::Result<Self::Value, A::Error> {
         counted(seq, &self.0.extents, |seq| {
             Ok(seq
                 .next_element::<(u64, u64)>()?

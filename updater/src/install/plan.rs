@@ -334,7 +334,18 @@ fn describe_mismatch(
         f.rewind()?;
         read = std::io::copy(&mut (&mut f).take(base.size), &mut HashWriter(&mut hasher))?;
     }
-    let found = hex(&hasher.finalize());
+    let found: [u8; 32] = hasher.finalize().into();
+    if read == base.size && found == base.sha256 {
+        return Ok(format!(
+            "the running slot {} holds the delta's base (SHA-256 {}), but {} of the delta's \
+             chunks read base bytes that do not match their hashes: the bundle was built \
+             wrongly",
+            board.slots.name(booted),
+            hex(&found),
+            mismatched.len()
+        ));
+    }
+    let found = hex(&found);
     let held = if read < base.size {
         format!("only {read} bytes, SHA-256 {found}")
     } else {
