@@ -431,3 +431,95 @@ fn a_delta_installs_from_standard_input_and_from_a_url_that_drops() {
         "{ranges:?}"
     );
 }
+
+/// A loop device over slot A's file, with the filesystem on it mounted read-only: the running
+/// root filesystem of a real device. Detached when dropped.
+struct MountedSlot {
+    loop_dev: String,
+    mnt: std::path::PathBuf,
+}
+
+impl Drop for MountedSlot {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.mnt).status();
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.loop_dev])
+            .status();
+    }
+}
+
+fn ext4_image(f: &Fixture, name: &str, files: &[(&str, &[u8])], size: u64) -> Vec<u8> {
+    let dir = f.t.path(&format!("{name}.d"));
+    std::fs::create_dir(&dir).unwrap();
+    for (p, bytes) in files {
+        std::fs::write(dir.join(p), bytes).unwrap();
+    }
+    let img = f.t.path(&format!("{name}.ext4"));
+    let mkfs = "mkfs.ext4";
+    common::run_ok(
+        mkfs,
+        &[
+            "-q",
+            "-F",
+            "-U",
+            "6f1b3d2e-1111-4a4a-9b9b-0123456789ab",
+            "-E",
+            "hash_seed=6f1b3d2e-2222-4a4a-9b9b-0123456789ab",
+            "-d",
+            dir.to_str().unwrap(),
+            img.to_str().unwrap(),
+            &format!("{}k", size >> 10),
+        ],
+    );
+    std::fs::read(img).unwrap()
+}
+
+/// The base is read as the medium holds it. A mounted ext4 (even read-only) changes its
+/// superblock and journal in the block device's page cache without writing them, so a
+/// buffered read of the running slot differs from the image the delta was built against;
+/// abup reads the base with direct I/O and the delta installs.
+#[test]
+fn the_base_is_read_from_the_medium_not_from_a_mounted_filesystems_cache() {
+    if !(common::is_root() && common::have("mkfs.ext4") && common::have("losetup")) {
+        return;
+    }
+    let size = 16u64 << 20;
+    let f = Fixture::new(size, "");
+    let lib = image(3_000_000, 8);
+    let v1 = ext4_image(&f, "v1", &[("lib.so", &lib), ("motd", b"v1\n")], size);
+    let mut lib2 = lib.clone();
+    lib2[1_000_000..1_000_100].fill(7);
+    let v2 = ext4_image(&f, "v2", &[("lib.so", &lib2), ("motd", b"v2\n")], size);
+    std::fs::write(f.t.path("slot-a"), &v1).unwrap();
+    let d = f.delta_bundle("ext4.abup", &v1, &v2, "2.0");
+
+    let loop_dev = common::run_ok(
+        "losetup",
+        &["-f", "--show", f.t.path("slot-a").to_str().unwrap()],
+    )
+    .trim()
+    .to_string();
+    let mnt = f.t.path("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = MountedSlot { loop_dev, mnt };
+    common::run_ok(
+        "mount",
+        &["-o", "ro", &mounted.loop_dev, mounted.mnt.to_str().unwrap()],
+    );
+    let board = std::fs::read_to_string(&f.board).unwrap().replace(
+        &format!("{:?}", f.t.path("slot-a")),
+        &format!("{:?}", mounted.loop_dev),
+    );
+    std::fs::write(&f.board, board).unwrap();
+
+    // What a buffered read sees is not the image: the test means something.
+    let cached = std::fs::read(&mounted.loop_dev).unwrap();
+    assert!(
+        cached[..v1.len()] != v1[..],
+        "the mount changed nothing in the page cache"
+    );
+    install(&f, &d, &[]).success();
+    assert_installed(&f, &v2);
+    drop(mounted);
+    assert_eq!(f.slot("A"), v1, "the running slot was only read");
+}

@@ -10,17 +10,11 @@ use super::{extents_len, Compression, Error, Extent, Image, Op, Result, MAX_PATC
 pub const PATCH_WINDOW_LOG_MAX: u32 = 24;
 const _: () = assert!(MAX_PATCH_WINDOW + (16 << 20) <= 1 << (PATCH_WINDOW_LOG_MAX + 1));
 
-/// Random access to the base a delta reads: the running slot on a device (a `File`), or an
-/// image in memory on a build host checking what it built.
+/// Random access to the base a delta reads: the running slot on a device (abup's install
+/// reads it with direct I/O), or an image in memory on a build host checking what it built.
 pub trait ReadAt {
     /// Fills `buf` from `offset`, or fails (also when the base is shorter).
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
-}
-
-impl ReadAt for std::fs::File {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
-    }
 }
 
 impl ReadAt for &[u8] {

@@ -242,7 +242,7 @@ pub fn plan(
 }
 
 /// The running slot's device of the delta image's class, opened read-only: the base.
-fn open_base(board: &Board, booted: SlotId, image: &bundle::Image) -> Result<std::fs::File> {
+fn open_base(board: &Board, booted: SlotId, image: &bundle::Image) -> Result<target::BaseDevice> {
     let path = board
         .class_device(booted, &image.slot_class)
         .ok_or_else(|| {
@@ -251,12 +251,7 @@ fn open_base(board: &Board, booted: SlotId, image: &bundle::Image) -> Result<std
                 image.slot_class, image.slot_class
             ))
         })?;
-    std::fs::File::open(path).with_context(|| {
-        format!(
-            "opening the running slot {} to read the delta's base",
-            path.display()
-        )
-    })
+    target::open_base(path)
 }
 
 /// Reads every base range a delta reads and checks it against its hash, before anything is
@@ -315,7 +310,6 @@ fn describe_mismatch(
     mismatched: &[(usize, usize)],
 ) -> Result<String> {
     use sha2::Digest;
-    use std::io::Read;
     let Some(base) = image.kind.base() else {
         return Ok(String::new());
     };
@@ -323,16 +317,28 @@ fn describe_mismatch(
         .class_device(booted, &image.slot_class)
         .map(|p| p.display().to_string())
         .unwrap_or_default();
+    // Read as the install reads it, a piece at a time, up to the base's length or the end
+    // of the device.
     let mut hasher = sha2::Sha256::new();
     let mut read = 0u64;
-    if let Some(Some(mut f)) = sources
-        .bases
-        .get(mismatched[0].0)
-        .map(|f| f.as_ref().and_then(|f| f.try_clone().ok()))
-    {
-        use std::io::Seek;
-        f.rewind()?;
-        read = std::io::copy(&mut (&mut f).take(base.size), &mut HashWriter(&mut hasher))?;
+    if let Some(Some(dev)) = sources.bases.get(mismatched[0].0) {
+        let mut buf = vec![0u8; 1 << 20];
+        while read < base.size {
+            let n = (base.size - read).min(buf.len() as u64) as usize;
+            if bundle::ReadAt::read_exact_at(dev, &mut buf[..n], read).is_err() {
+                // Past the device's end: hash what there is, a block at a time.
+                let mut block = [0u8; 512];
+                while read < base.size
+                    && bundle::ReadAt::read_exact_at(dev, &mut block, read).is_ok()
+                {
+                    hasher.update(&block[..(base.size - read).min(512) as usize]);
+                    read += (base.size - read).min(512);
+                }
+                break;
+            }
+            hasher.update(&buf[..n]);
+            read += n as u64;
+        }
     }
     let found: [u8; 32] = hasher.finalize().into();
     if read == base.size && found == base.sha256 {
@@ -360,19 +366,6 @@ fn describe_mismatch(
         board.slots.name(booted),
         mismatched.len()
     ))
-}
-
-/// Feeds whatever is written into a hasher.
-struct HashWriter<'a>(&'a mut sha2::Sha256);
-
-impl std::io::Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        sha2::Digest::update(self.0, buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// The slot to write: the one named, or the only one not running.

@@ -6,13 +6,13 @@
 //! only the fallback chunks that cover it, each checked against the fallback's own signed
 //! manifest.
 
-use std::fs::File;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 
+use super::target::BaseDevice;
 use crate::bundle::{self, Decoder, Image, Manifest, ReadAt};
 use crate::source::BundleReader;
 
@@ -166,7 +166,7 @@ impl Fallback {
 #[derive(Debug, Default)]
 pub struct Sources {
     /// Per image: the running slot's device for a delta image, opened read-only.
-    pub bases: Vec<Option<File>>,
+    pub bases: Vec<Option<BaseDevice>>,
     pub fallback: Option<Fallback>,
 }
 

@@ -160,6 +160,80 @@ pub fn open(path: &Path) -> Result<Device> {
     })
 }
 
+/// The running slot's device, read as a delta's base: read-only, and with O_DIRECT when the
+/// device allows it. A mounted filesystem's metadata lives in the block device's page cache
+/// and the kernel changes it there without writing it (ext4 mounted read-only sets journal
+/// checksum features in its in-memory superblock), so a buffered read of the running slot
+/// can differ from what the medium holds, and from the image the delta was built against.
+#[derive(Debug)]
+pub struct BaseDevice {
+    pub path: PathBuf,
+    file: File,
+    direct: Option<File>,
+}
+
+/// Bytes one direct read of the base covers at most, so a read costs at most this much
+/// memory beside the caller's buffer.
+const BASE_PIECE: usize = 1 << 20;
+
+pub fn open_base(path: &Path) -> Result<BaseDevice> {
+    let file = File::open(path).with_context(|| {
+        format!(
+            "opening the running slot {} to read the delta's base",
+            path.display()
+        )
+    })?;
+    let direct = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_DIRECT.bits())
+        .open(path)
+        .map_err(|e| log::debug!("{}: no direct I/O ({e})", path.display()))
+        .ok();
+    Ok(BaseDevice {
+        path: path.to_owned(),
+        file,
+        direct,
+    })
+}
+
+impl crate::bundle::ReadAt for BaseDevice {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let Some(direct) = &self.direct else {
+            return self.file.read_exact_at(buf, offset);
+        };
+        let align = ALIGN as usize;
+        let span = (offset as usize % align + buf.len()).div_ceil(align) * align;
+        let mut bounce = vec![0u8; span.min(BASE_PIECE) + align];
+        let start = bounce.as_ptr().align_offset(align);
+        let mut done = 0;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            let aligned = at / ALIGN * ALIGN;
+            let skip = (at - aligned) as usize;
+            let want = (buf.len() - done).min(BASE_PIECE - skip);
+            let len = (skip + want).div_ceil(align) * align;
+            let piece = &mut bounce[start..start + len];
+            // The device may end inside the last aligned block: a short read is fine as
+            // long as it covers what was asked for.
+            let mut got = 0;
+            while got < len {
+                match direct.read_at(&mut piece[got..], aligned + got as u64) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if got < skip + want {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            buf[done..done + want].copy_from_slice(&piece[skip..skip + want]);
+            done += want;
+        }
+        Ok(())
+    }
+}
+
 /// Memory aligned for direct I/O (an anonymous mapping is page-aligned).
 pub fn aligned_buffer(len: usize) -> Result<memmap2::MmapMut> {
     memmap2::MmapMut::map_anon(len).context("allocating an I/O buffer")
