@@ -21,6 +21,8 @@ use crate::{image, run};
 pub const BUNDLE_V2: &str = "/data/bundles/v2.abup";
 pub const BUNDLE_PANIC: &str = "/data/bundles/panic.abup";
 pub const BUNDLE_NO_KERNEL: &str = "/data/bundles/no-kernel.abup";
+/// Where [`Device::add_bundle`] puts a bundle it signs, as the guest sees it.
+pub const BUNDLES: &str = "/data/bundles";
 
 /// Partition numbers of `image::LAYOUT`.
 const BOOT: usize = 1;
@@ -39,6 +41,56 @@ pub const INSTALL_TIMEOUT: Duration = Duration::from_secs(300);
 struct Template {
     dir: tempfile::TempDir,
     disk: PathBuf,
+    /// The board string its bundles carry.
+    compatible: String,
+}
+
+impl Template {
+    /// The slot image of `version` (`rootfs::image_path`): "1.0" is what slot A holds.
+    fn image(&self, version: &str) -> PathBuf {
+        rootfs::image_path(&self.dir.path().join("images"), version)
+    }
+
+    /// `abup bundle create`: `image` signed with the release key as `version`, a delta
+    /// against `base` when one is given.
+    fn create_bundle(
+        &self,
+        image: &Path,
+        version: &str,
+        base: Option<&Path>,
+        out: &Path,
+    ) -> Result<()> {
+        create_bundle(
+            &self.dir.path().join("release.key.pem"),
+            &self.compatible,
+            image,
+            version,
+            base,
+            out,
+        )
+    }
+}
+
+/// `abup bundle create` with the release key `secret`, at security version 1; a delta against
+/// `base` when one is given (at abup's default level for deltas).
+fn create_bundle(
+    secret: &Path,
+    compatible: &str,
+    image: &Path,
+    version: &str,
+    base: Option<&Path>,
+    out: &Path,
+) -> Result<()> {
+    let mut abup = Command::new(artifacts::abup()?);
+    abup.args(["bundle", "create", "--key"])
+        .arg(secret)
+        .args(["--compatible", compatible, "--version", version])
+        .args(["--security-version", "1", "--image"])
+        .arg(image);
+    if let Some(base) = base {
+        abup.arg("--delta-from").arg(base);
+    }
+    run(abup.arg("-o").arg(out))
 }
 
 fn template(board: Board) -> Result<Arc<Template>> {
@@ -108,14 +160,14 @@ fn build_template(board: Board) -> Result<Template> {
         (&panics, "2.0-panic", "panic.abup"),
         (&no_kernel, "2.0-no-kernel", "no-kernel.abup"),
     ] {
-        run(Command::new(&abup)
-            .args(["bundle", "create", "--key"])
-            .arg(&secret)
-            .args(["--compatible", &board_cfg.compatible, "--version", version])
-            .args(["--security-version", "1", "--image"])
-            .arg(image)
-            .arg("-o")
-            .arg(data.join("bundles").join(name)))?;
+        create_bundle(
+            &secret,
+            &board_cfg.compatible,
+            image,
+            version,
+            None,
+            &data.join("bundles").join(name),
+        )?;
     }
     let data_img = d.join("data.ext4");
     image::ext4(&data, &data_img, image::LAYOUT[DATA - 1].size_mib)?;
@@ -234,7 +286,11 @@ fn build_template(board: Board) -> Result<Template> {
         let boot_img = Path::new("/usr/lib/grub/i386-pc/boot.img");
         image::install_bios_grub(&disk, BIOS_GRUB, boot_img, &d.join("core.img"))?;
     }
-    Ok(Template { dir, disk })
+    Ok(Template {
+        dir,
+        disk,
+        compatible: board_cfg.compatible,
+    })
 }
 
 /// One device under test, with its own copy of the board's disk.
@@ -250,6 +306,9 @@ pub struct Device {
     unhealthy: bool,
     /// The disk as `save_disk` left it, for power cuts that must be tried again.
     saved: PathBuf,
+    /// The files of the data partition as the host keeps them: the template's, or this
+    /// device's own once `add_bundle` put more on it.
+    data: PathBuf,
 }
 
 /// What one power-on showed on the console.
@@ -284,6 +343,7 @@ impl Device {
         eprintln!("{} {scenario}: console log {}", board.name(), log.display());
         Ok(Device {
             board,
+            data: template.dir.path().join("data"),
             template,
             saved: dir.join("disk.saved"),
             dir,
@@ -747,14 +807,47 @@ impl Device {
         if self.board.guest_runs_abup() {
             return guest_path.to_string();
         }
-        let rel = guest_path.trim_start_matches("/data/");
-        self.template
-            .dir
-            .path()
-            .join("data")
-            .join(rel)
-            .display()
-            .to_string()
+        self.bundle_on_host(guest_path).display().to_string()
+    }
+
+    /// Where the host keeps a file of the data partition (`guest_path`, under `/data/`).
+    pub fn bundle_on_host(&self, guest_path: &str) -> PathBuf {
+        self.data.join(guest_path.trim_start_matches("/data/"))
+    }
+
+    /// The slot image of `version` the host built for this board: "1.0" holds exactly the
+    /// bytes the factory wrote to slot A, "2.0" is the image `BUNDLE_V2` carries.
+    pub fn image(&self, version: &str) -> PathBuf {
+        self.template.image(version)
+    }
+
+    /// Signs `image` as a bundle of `version` (a delta against `base` when one is given) and
+    /// puts it on the data partition as `BUNDLES/name`, as the factory would have. Only
+    /// before the first power-on: the partition is made anew from the factory's files and
+    /// this device's bundles. Returns the bundle's path on the host.
+    pub fn add_bundle(
+        &mut self,
+        name: &str,
+        image: &Path,
+        version: &str,
+        base: Option<&Path>,
+    ) -> Result<PathBuf> {
+        ensure!(
+            self.boots == 0,
+            "bundles are added before the device's first power-on"
+        );
+        let own = self.dir.join("data");
+        if self.data != own {
+            run(Command::new("cp").arg("-a").arg(&self.data).arg(&own))?;
+            self.data = own;
+        }
+        let out = self.data.join("bundles").join(name);
+        self.template.create_bundle(image, version, base, &out)?;
+        let data_img = self.dir.join("data.ext4");
+        image::ext4(&self.data, &data_img, image::LAYOUT[DATA - 1].size_mib)?;
+        image::write_part(&self.disk, DATA, &data_img)?;
+        fs::remove_file(&data_img)?;
+        Ok(out)
     }
 
     /// Ends a boot the way a clean reboot does.

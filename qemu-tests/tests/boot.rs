@@ -7,11 +7,15 @@
 //! `cargo test -p qemu-tests --test boot grub_bios::update -- --exact` and watch it with
 //! `tail -f` on that log. Random cut points come from `ABUP_QEMU_SEED` (printed when unset).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use qemu_tests::board::{Board, TRIES};
-use qemu_tests::device::{Aim, Boot, Device, BUNDLE_NO_KERNEL, BUNDLE_PANIC, BUNDLE_V2};
+use qemu_tests::device::{
+    Aim, Boot, Device, BUNDLES, BUNDLE_NO_KERNEL, BUNDLE_PANIC, BUNDLE_V2, INSTALL_TIMEOUT,
+};
 use qemu_tests::rootfs::Defect;
 use serde_json::Value;
 
@@ -212,21 +216,153 @@ fn fallback(board: Board) -> Result<()> {
     Ok(())
 }
 
+/// Slot B's device in the x86 guests (their board.toml).
+const SLOT_B_DEVICE: &str = "/dev/nvme0n1p3";
+const MIB: u64 = 1 << 20;
+
+/// SHA-256 of a file on the host, hex.
+fn sha256(path: &Path) -> Result<String> {
+    let out = Command::new("sha256sum").arg(path).output()?;
+    ensure!(out.status.success(), "sha256sum {}", path.display());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .map(str::to_string)
+        .with_context(|| format!("sha256sum {} printed nothing", path.display()))
+}
+
+/// A delta update, rebuilt in the guest from the running slot. A delta of 2.0 built against
+/// another base (2.0 itself) is refused before anything is written, in one line naming the
+/// base it needs and the SHA-256 the running slot holds (the factory image's, so slot A is
+/// still byte for byte what the factory wrote); A still runs, confirmed, B is not next, and A
+/// boots again. The delta against exactly the factory image of slot A installs; B boots it,
+/// its boot-success service confirms it, and B holds exactly the 2.0 image.
+fn delta(board: Board) -> Result<()> {
+    let mut dev = Device::new(board, "delta")?;
+    let (v1, v2) = (dev.image("1.0"), dev.image("2.0"));
+    let (v1_sha, v2_sha) = (sha256(&v1)?, sha256(&v2)?);
+    let v2_len = std::fs::metadata(&v2)?.len();
+    let started = Instant::now();
+    let right = dev.add_bundle("v2-delta.abup", &v2, "2.0", Some(&v1))?;
+    dev.add_bundle("v2-delta-from-v2.abup", &v2, "2.0", Some(&v2))?;
+    eprintln!(
+        "{}: both deltas built in {:.1} s; against the factory image {} bytes, the full \
+         bundle {}",
+        board.name(),
+        started.elapsed().as_secs_f64(),
+        std::fs::metadata(&right)?.len(),
+        std::fs::metadata(dev.bundle_on_host(BUNDLE_V2))?.len()
+    );
+    let right = format!("{BUNDLES}/v2-delta.abup");
+    let wrong = format!("{BUNDLES}/v2-delta-from-v2.abup");
+
+    let mut boot = dev.boot()?;
+    ensure!(
+        boot.slot == "A" && boot.version == "1.0",
+        "factory boot: {boot:?}"
+    );
+    // Its output goes to a file whose lines come back marked, so that nothing else on the
+    // console (the shell's banner, a typed line echoed twice) is counted.
+    let (_, code) = boot.vm.shell(
+        &format!("abup install --progress none {wrong} >/tmp/refused 2>&1"),
+        INSTALL_TIMEOUT,
+    )?;
+    let out = boot
+        .vm
+        .shell_ok("sed 's/^/=| /' /tmp/refused", Duration::from_secs(30))?;
+    let lines: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("=| "))
+        .map(str::trim)
+        .collect();
+    let needs = format!("needs base SHA-256 {v2_sha}");
+    ensure!(
+        code == 4 && lines.len() == 1 && lines[0].contains(&needs),
+        "a delta for base {v2_sha} must be refused with exit status 4 in one line; it exited \
+         {code}:\n{out}"
+    );
+    ensure!(
+        lines[0].contains(&format!("which holds SHA-256 {v1_sha}")),
+        "abup must read the running slot A as the factory wrote it (the 1.0 image, SHA-256 \
+         {v1_sha}): {}",
+        lines[0]
+    );
+    let status = dev.status(&mut boot)?;
+    check_status(&status, "A", "A")?;
+    ensure!(slot(&status, "A")["confirmed"] == true, "{status}");
+    ensure!(slot(&status, "B")["good"] == false, "{status}");
+    dev.shutdown(&mut boot)?;
+    let mut boot = dev.boot()?;
+    ensure!(
+        boot.slot == "A" && boot.version == "1.0",
+        "after the refused delta: {boot:?}"
+    );
+    check_status(&boot.status, "A", "A")?;
+
+    install(&dev, &mut boot, &right)?;
+    let status = dev.status(&mut boot)?;
+    check_status(&status, "A", "B")?;
+    ensure!(status["last_install"]["outcome"] == "success", "{status}");
+    dev.shutdown(&mut boot)?;
+
+    let mut boot = dev.boot()?;
+    ensure!(
+        boot.slot == "B" && boot.version == "2.0",
+        "after the delta install: {boot:?}"
+    );
+    check_status(&boot.status, "B", "B")?;
+    let b = slot(&boot.status, "B");
+    ensure!(
+        b["confirmed"] == true,
+        "the service did not confirm B: {}",
+        boot.status
+    );
+    ensure!(b["bundle"]["version"] == "2.0", "{}", boot.status);
+    ensure!(
+        slot(&boot.status, "A")["good"] == true,
+        "A must stay a fallback: {}",
+        boot.status
+    );
+    // Read past the page cache: the mounted ext4 changes its journal superblock there (the
+    // kernel sets the journal's checksum features in memory and, read-only, never writes
+    // them), so only a direct read shows the slot as it is on the disk.
+    ensure!(v2_len % MIB == 0, "the 2.0 image is {v2_len} bytes");
+    let out = boot.vm.shell_ok(
+        &format!(
+            "dd if={SLOT_B_DEVICE} bs=1M count={} iflag=direct 2>/dev/null | sha256sum",
+            v2_len / MIB
+        ),
+        Duration::from_secs(120),
+    )?;
+    ensure!(
+        out.contains(&v2_sha),
+        "slot B must hold exactly the 2.0 image (SHA-256 {v2_sha} over {v2_len} bytes): {out}"
+    );
+    dev.shutdown(&mut boot)
+}
+
 macro_rules! board_tests {
-    ($($module:ident => $board:expr),* $(,)?) => {$(
+    ($($module:ident => $board:expr $(; also $($extra:ident)+)?),* $(,)?) => {$(
         mod $module {
             use super::*;
             #[test]
             fn update() -> Result<()> { super::update($board) }
             #[test]
             fn fallback() -> Result<()> { super::fallback($board) }
+            $($(
+                #[test]
+                fn $extra() -> Result<()> { super::$extra($board) }
+            )+)?
         }
     )*};
 }
 
+// A delta differs from a full install only in what abup in the guest reads (the running
+// slot); the bootloader sees the same activation. So it runs on one board of each bootloader
+// that runs abup in the guest, not on all four.
 board_tests! {
     grub_bios => Board::GrubBios,
-    grub_uefi => Board::GrubUefi,
-    uboot_x86 => Board::UbootX86,
+    grub_uefi => Board::GrubUefi; also delta,
+    uboot_x86 => Board::UbootX86; also delta,
     uboot_arm64 => Board::UbootArm64,
 }
