@@ -260,9 +260,9 @@ impl Ctx<'_> {
                 Vec::new(),
             ));
         }
-        let plain = compress(data, None, self.level)?;
         let window = self.window(range.start, range.end, &found);
         if window.is_empty() {
+            let plain = compress(data, None, self.level)?;
             return Ok((Chunk::describe(&plain), plain));
         }
         let mut prefix = Vec::with_capacity(extents_len(&window) as usize);
@@ -270,8 +270,14 @@ impl Ctx<'_> {
             prefix.extend_from_slice(&self.old[e.offset as usize..(e.offset + e.len) as usize]);
         }
         let patched = compress(data, Some(&prefix), self.level)?;
-        if patched.len() >= plain.len() {
-            return Ok((Chunk::describe(&plain), plain));
+        // A chunk partly found in the base is always cheaper as a patch (its found parts
+        // cost a few bytes each), so the plain frame, which costs as much time again, is
+        // only tried for chunks that were not found at all.
+        if found_len * 8 < data.len() as u64 {
+            let plain = compress(data, None, self.level)?;
+            if plain.len() <= patched.len() {
+                return Ok((Chunk::describe(&plain), plain));
+            }
         }
         let chunk = Chunk {
             op: Op::Patch {
