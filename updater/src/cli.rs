@@ -113,13 +113,16 @@ pub enum Command {
         Interrupted (network, kill -9, power cut), the same command continues from the last \
         synced chunk, asking a web server for the rest with a Range request.\n\n\
         A delta bundle (built with `abup bundle create --delta-from`) installs the same way: \
-        it reads the running slot (read-only) for the data that did not change. Before \
-        anything is written, every base range it reads is checked against its hash; if the \
-        running slot is not the base the delta was built against (another release, or a root \
-        that was mounted read-write), the install stops there with one line naming the base \
-        it needs and the base it found, unless --fallback names the full bundle of the same \
-        release: then the chunks that cannot be rebuilt are fetched from it (HTTP Range \
-        requests for a URL), at most --max-download bytes. --dry-run reports how many bytes \
+        it reads the running slot (read-only, direct I/O) for the data that did not change, \
+        each base range checked against its hash. If the running slot is not the base the \
+        delta was built against, a sample of base ranges checked before anything is written \
+        shows it and the install is refused (exit status 4) with one line naming the base it \
+        needs and the base it found; a base that differs in a few places only (a root that \
+        was mounted read-write) stops the install when it reaches them, before anything is \
+        activated (exit status 1). With --fallback naming the full bundle of the same \
+        release, every base range is checked first and the chunks that cannot be rebuilt are \
+        fetched from it instead (HTTP Range requests for a URL), at most --max-download \
+        bytes. --dry-run reports how many bytes \
         would come from the bundle, the base and the fallback, and writes nothing."
     )]
     Install(InstallArgs),
@@ -268,8 +271,8 @@ pub struct InstallArgs {
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub max_download: Option<u64>,
 
-    /// Check everything an install checks (signature, board, security floor, target, every
-    /// base range of a delta) and report how many bytes would come from the bundle, the
+    /// Check everything an install checks (signature, board, security floor, target, and
+    /// every base range of a delta, not only a sample) and report how many bytes would come from the bundle, the
     /// running slot and the fallback; write nothing.
     #[arg(long)]
     pub dry_run: bool,

@@ -541,11 +541,12 @@ fn install(board: &Board, args: InstallArgs) -> Result<Outcome> {
         progress: args.progress,
         fallback: args.fallback.as_deref().map(Source::parse),
         max_download: args.max_download,
+        dry_run: args.dry_run,
     };
     if matches!(opts.fallback, Some(Source::Stdin)) {
         bail!("--fallback must be a file or an http(s) URL: its chunks are fetched out of order");
     }
-    if args.dry_run {
+    if opts.dry_run {
         let report = crate::install::dry_run(board, &opts)?;
         if args.progress == crate::install::ProgressMode::Json {
             println!("{}", report.json());

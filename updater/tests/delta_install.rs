@@ -523,3 +523,37 @@ fn the_base_is_read_from_the_medium_not_from_a_mounted_filesystems_cache() {
     drop(mounted);
     assert_eq!(f.slot("A"), v1, "the running slot was only read");
 }
+
+/// The running slot changes after the install checked it (or where only a sample was
+/// checked): the chunk that reads it fails its hash while the install writes, and the
+/// install stops there, before activating anything, with the same one line naming the base
+/// it needs and what the slot holds. A stays the running, confirmed slot; B is not
+/// bootable. Given the fallback, the same install then completes.
+#[test]
+fn a_base_that_changes_during_the_install_stops_it_before_activation() {
+    let (f, new, d) = device();
+    let out = f.install_paused(&d, 1, || {
+        let path = f.t.path("slot-a");
+        let mut a = std::fs::read(&path).unwrap();
+        a[700_000] ^= 1;
+        std::fs::write(&path, a).unwrap();
+    });
+    // The pause's own line, then the error.
+    let err = out.stderr_text();
+    let last = err.lines().last().unwrap();
+    assert_eq!(out.code, Some(1), "{err}");
+    for w in [
+        "needs base SHA-256",
+        "which holds SHA-256",
+        "nothing was activated",
+    ] {
+        assert!(last.contains(w), "{w:?} missing: {err}");
+    }
+    let s = f.status();
+    assert_eq!(s["next_boot"], "A", "{s}");
+    assert_eq!(s["slots"][0]["confirmed"], true, "{s}");
+    assert_eq!(s["slots"][1]["good"], false, "{s}");
+    let full = f.bundle("full.abup", &new, "2.0", 0);
+    install(&f, &d, &["--fallback", full.to_str().unwrap()]).success();
+    assert_installed(&f, &new);
+}

@@ -62,6 +62,8 @@ pub struct Options {
     pub fallback: Option<Source>,
     /// The most bytes the fallback may supply.
     pub max_download: Option<u64>,
+    /// Only plan: every base range is checked, nothing is written.
+    pub dry_run: bool,
 }
 
 /// A bundle that is refused before anything is written: bad signature, wrong board, a
@@ -223,7 +225,8 @@ fn write(
         checkpoint,
         progress,
     )
-    .or_else(|e| forget_on_mismatch(state, plan, e))?;
+    .or_else(|e| forget_on_mismatch(state, plan, e))
+    .map_err(|e| plan::explain_base_mismatch(plan, e))?;
     for (d, held) in plan.devices.iter().zip(&held) {
         d.write_at(0, held)?;
         d.sync()?;

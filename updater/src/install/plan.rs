@@ -186,10 +186,21 @@ pub fn plan(
             None => None,
         });
     }
-    let mismatched = check_bases(manifest, &sources, &mut report, progress)?;
+    // A dry run and a fallback's budget need every base range checked. An install otherwise
+    // checks a sample before it writes anything (a delta for another base fails nearly
+    // every range, so the sample refuses it with nothing changed) and the rest as it writes
+    // them (a base changed in a few places stops the install before activation): reading
+    // the whole base twice would make a delta install slower than a full one.
+    let every = opts.dry_run || opts.fallback.is_some();
+    let mismatched = check_bases(manifest, &sources, every, &mut report, progress)?;
     if !mismatched.is_empty() {
         let (i, _) = mismatched[0];
-        let needs = describe_mismatch(board, booted, &manifest.images[i], &sources, &mismatched)?;
+        let needs = describe_mismatch(
+            board.slots.name(booted),
+            &manifest.images[i],
+            &sources,
+            &mismatched,
+        )?;
         let Some(fallback_source) = &opts.fallback else {
             return Err(refuse(format!(
                 "{needs}; install the full bundle, or give it with --fallback"
@@ -260,51 +271,109 @@ fn open_base(board: &Board, booted: SlotId, image: &bundle::Image) -> Result<tar
 fn check_bases(
     manifest: &bundle::Manifest,
     sources: &Sources,
+    every: bool,
     report: &mut Report,
     progress: &mut Progress,
 ) -> Result<Vec<(usize, usize)>> {
-    let total: u64 = manifest
+    let readers: Vec<(usize, usize)> = manifest
         .images
         .iter()
-        .flat_map(|i| &i.chunks)
-        .map(|c| bundle::extents_len(c.op.extents()))
-        .sum();
+        .enumerate()
+        .flat_map(|(i, img)| {
+            img.chunks
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.op.base_sha256().is_some())
+                .map(move |(k, _)| (i, k))
+        })
+        .collect();
+    let checked: Vec<(usize, usize)> = if every || readers.len() <= BASE_SAMPLE {
+        readers
+    } else {
+        // Evenly spread, the first and the last included.
+        (0..BASE_SAMPLE)
+            .map(|j| readers[j * (readers.len() - 1) / (BASE_SAMPLE - 1)])
+            .collect()
+    };
+    let reads =
+        |(i, k): (usize, usize)| bundle::extents_len(manifest.images[i].chunks[k].op.extents());
+    let total: u64 = checked.iter().map(|&c| reads(c)).sum();
     if manifest.images.iter().any(|i| i.kind.base().is_some()) {
         progress.phase("base", total);
     }
-    let mut done = 0;
-    let mut buf = Vec::new();
-    let mut mismatched = Vec::new();
-    for (i, image) in manifest.images.iter().enumerate() {
+    for image in &manifest.images {
         for (k, c) in image.chunks.iter().enumerate() {
             if c.op == bundle::Op::Zero {
                 report.zeros += u64::from(image.chunk_len(k));
             }
-            let (Some(expected), Some(Some(base))) = (c.op.base_sha256(), sources.bases.get(i))
-            else {
-                continue;
-            };
-            let extents = c.op.extents();
-            match bundle::read_base(image, k, base, extents, expected, &mut buf) {
-                Ok(()) => report.from_base += bundle::extents_len(extents),
-                Err(bundle::Error::BaseMismatch { .. } | bundle::Error::BaseRead { .. }) => {
-                    mismatched.push((i, k));
-                }
-                Err(e) => return Err(e.into()),
-            }
-            done += bundle::extents_len(extents);
-            progress.set(done);
+            report.from_base += bundle::extents_len(c.op.extents());
         }
+    }
+    let mut done = 0;
+    let mut buf = Vec::new();
+    let mut mismatched = Vec::new();
+    for (i, k) in checked {
+        let image = &manifest.images[i];
+        let op = &image.chunks[k].op;
+        let (Some(expected), Some(Some(base))) = (op.base_sha256(), sources.bases.get(i)) else {
+            continue;
+        };
+        match bundle::read_base(image, k, base, op.extents(), expected, &mut buf) {
+            Ok(()) => {}
+            Err(bundle::Error::BaseMismatch { .. } | bundle::Error::BaseRead { .. }) => {
+                report.from_base -= reads((i, k));
+                mismatched.push((i, k));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        done += reads((i, k));
+        progress.set(done);
     }
     report.mismatched_chunks = mismatched.len() as u64;
     Ok(mismatched)
 }
 
+/// Base-reading chunks an install checks before it writes, when it does not check them all.
+const BASE_SAMPLE: usize = 64;
+
+/// A base that stopped matching while the install wrote (it changed, or only the sample was
+/// checked before): the one line naming the base the delta needs and what the running slot
+/// holds. The target stays out of rotation; nothing was activated.
+pub fn explain_base_mismatch(plan: &Plan, e: anyhow::Error) -> anyhow::Error {
+    let Some(bundle::Error::BaseMismatch {
+        slot_class, chunk, ..
+    }) = e.chain().find_map(|c| c.downcast_ref::<bundle::Error>())
+    else {
+        return e;
+    };
+    let Some(i) = plan
+        .bundle
+        .manifest
+        .images
+        .iter()
+        .position(|img| &img.slot_class == slot_class)
+    else {
+        return e;
+    };
+    match describe_mismatch(
+        &plan.hook_env.booted_slot,
+        &plan.bundle.manifest.images[i],
+        &plan.sources,
+        &[(i, *chunk)],
+    ) {
+        Ok(needs) => anyhow::anyhow!(
+            "{needs}; slot {} stays out of rotation and nothing was activated: install the \
+             full bundle, or give it with --fallback",
+            plan.target_name
+        ),
+        Err(_) => e,
+    }
+}
+
 /// One line naming the base a delta needs and the base the running slot holds (its SHA-256
 /// over the base's length, read for this message only).
 fn describe_mismatch(
-    board: &Board,
-    booted: SlotId,
+    booted: &str,
     image: &bundle::Image,
     sources: &Sources,
     mismatched: &[(usize, usize)],
@@ -313,9 +382,11 @@ fn describe_mismatch(
     let Some(base) = image.kind.base() else {
         return Ok(String::new());
     };
-    let path = board
-        .class_device(booted, &image.slot_class)
-        .map(|p| p.display().to_string())
+    let path = sources
+        .bases
+        .get(mismatched[0].0)
+        .and_then(Option::as_ref)
+        .map(|d| d.path.display().to_string())
         .unwrap_or_default();
     // Read as the install reads it, a piece at a time, up to the base's length or the end
     // of the device.
@@ -343,10 +414,9 @@ fn describe_mismatch(
     let found: [u8; 32] = hasher.finalize().into();
     if read == base.size && found == base.sha256 {
         return Ok(format!(
-            "the running slot {} holds the delta's base (SHA-256 {}), but {} of the delta's \
-             chunks read base bytes that do not match their hashes: the bundle was built \
-             wrongly",
-            board.slots.name(booted),
+            "the running slot {booted} holds the delta's base (SHA-256 {}), but {} of the \
+             delta's chunks read base bytes that do not match their hashes: the bundle was \
+             built wrongly",
             hex(&found),
             mismatched.len()
         ));
@@ -358,12 +428,11 @@ fn describe_mismatch(
         format!("SHA-256 {found}")
     };
     Ok(format!(
-        "the delta needs base SHA-256 {} ({} bytes) in the {} device of the running slot {} ({path}), \
-         which holds {held}: {} of its chunks cannot be rebuilt",
+        "the delta needs base SHA-256 {} ({} bytes) in the {} device of the running slot \
+         {booted} ({path}), which holds {held}: {} of the chunks checked cannot be rebuilt",
         hex(&base.sha256),
         base.size,
         image.slot_class,
-        board.slots.name(booted),
         mismatched.len()
     ))
 }
