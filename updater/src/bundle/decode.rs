@@ -15,6 +15,18 @@ const _: () = assert!(MAX_PATCH_WINDOW + (16 << 20) <= 1 << (PATCH_WINDOW_LOG_MA
 pub trait ReadAt {
     /// Fills `buf` from `offset`, or fails (also when the base is shorter).
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+
+    /// Fills `buf` with `extents`, concatenated in their order. A device overrides it to
+    /// read neighbouring extents in one request.
+    fn read_extents(&self, extents: &[Extent], buf: &mut [u8]) -> std::io::Result<()> {
+        let mut at = 0;
+        for e in extents {
+            let n = e.len as usize;
+            self.read_exact_at(&mut buf[at..at + n], e.offset)?;
+            at += n;
+        }
+        Ok(())
+    }
 }
 
 impl ReadAt for &[u8] {
@@ -43,16 +55,11 @@ pub fn read_base(
     let total = usize::try_from(extents_len(extents)).unwrap_or(usize::MAX);
     buf.clear();
     buf.resize(total, 0);
-    let mut at = 0;
-    for e in extents {
-        let n = e.len as usize;
-        base.read_exact_at(&mut buf[at..at + n], e.offset)
-            .map_err(|source| Error::BaseRead {
-                offset: e.offset,
-                source,
-            })?;
-        at += n;
-    }
+    base.read_extents(extents, buf)
+        .map_err(|source| Error::BaseRead {
+            offset: extents.first().map_or(0, |e| e.offset),
+            source,
+        })?;
     let found: [u8; 32] = Sha256::digest(&buf[..]).into();
     if &found != expected {
         return Err(Error::BaseMismatch {
