@@ -334,8 +334,8 @@ pub enum BundleOp {
         the delta before writing anything (or completes it from a full bundle given with \
         `abup install --fallback`). Building a delta reads both images into memory and \
         compresses at level 19 by default: for a pair of 1.5 GiB ext4 root filesystems it \
-        takes about 3.5 GB of memory and several minutes on two cores (see the README's \
-        performance section). Build the base from exactly the image the devices were \
+        takes 3.5 to 4.1 GiB of memory and 1.5 to 5.5 minutes on two cores, depending on \
+        how much changed (see the README's performance section). Build the base from exactly the image the devices were \
         given; a delta checks every byte it reads from the base.")]
     Create(CreateArgs),
     /// Show what a bundle contains (checked against a keyring when one is given).
