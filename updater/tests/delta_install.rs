@@ -556,4 +556,17 @@ fn a_base_that_changes_during_the_install_stops_it_before_activation() {
     let full = f.bundle("full.abup", &new, "2.0", 0);
     install(&f, &d, &["--fallback", full.to_str().unwrap()]).success();
     assert_installed(&f, &new);
+
+    // Given the fallback from the start, a base that changes under the install is completed
+    // from it in the same run.
+    let (f, new, d) = device();
+    let full = f.bundle("full.abup", &new, "2.0", 0);
+    let out = f.install_paused_with(&d, &["--fallback", full.to_str().unwrap()], 1, || {
+        let path = f.t.path("slot-a");
+        let mut a = std::fs::read(&path).unwrap();
+        a[700_000] ^= 1;
+        std::fs::write(&path, a).unwrap();
+    });
+    assert_eq!(out.code, Some(0), "{}", out.stderr_text());
+    assert_installed(&f, &new);
 }

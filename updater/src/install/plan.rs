@@ -193,6 +193,19 @@ pub fn plan(
     // the whole base twice would make a delta install slower than a full one.
     let every = opts.dry_run || opts.fallback.is_some();
     let mismatched = check_bases(manifest, &sources, every, &mut report, progress)?;
+    // The fallback is opened and checked whenever it is given, so that a base that changes
+    // while the install writes can still be completed from it.
+    if let Some(fallback_source) = &opts.fallback {
+        if manifest.images.iter().any(|i| i.kind.base().is_some()) {
+            let describe = crate::state::redact(&fallback_source.describe());
+            let mut fb_reader = fallback_source.open(opts.retry)?;
+            let fb = bundle::read_verified(&mut fb_reader, &keyring)
+                .map_err(|e| refuse(format!("fallback bundle {describe} refused: {e}")))?;
+            let fallback = Fallback::new(fb_reader, fb, manifest, opts.max_download, describe)
+                .map_err(|e| refuse(format!("{e:#}")))?;
+            sources.fallback = Some(fallback);
+        }
+    }
     if !mismatched.is_empty() {
         let (i, _) = mismatched[0];
         let needs = describe_mismatch(
@@ -201,17 +214,11 @@ pub fn plan(
             &sources,
             &mismatched,
         )?;
-        let Some(fallback_source) = &opts.fallback else {
+        let Some(fallback) = &sources.fallback else {
             return Err(refuse(format!(
                 "{needs}; install the full bundle, or give it with --fallback"
             )));
         };
-        let describe = crate::state::redact(&fallback_source.describe());
-        let mut fb_reader = fallback_source.open(opts.retry)?;
-        let fb = bundle::read_verified(&mut fb_reader, &keyring)
-            .map_err(|e| refuse(format!("fallback bundle {describe} refused: {e}")))?;
-        let fallback = Fallback::new(fb_reader, fb, manifest, opts.max_download, describe)
-            .map_err(|e| refuse(format!("{e:#}")))?;
         report.from_fallback = mismatched
             .iter()
             .map(|&(i, k)| fallback.cost(i, &manifest.images[i].chunk_range(k)))
@@ -221,7 +228,6 @@ pub fn plan(
             "{needs}; {} bytes come from the fallback",
             report.from_fallback
         );
-        sources.fallback = Some(fallback);
     }
 
     let hook_env = HookEnv {

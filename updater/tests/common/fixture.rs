@@ -233,10 +233,22 @@ impl Fixture {
     /// `abup install BUNDLE`, stopped after its durable write number `pause` (1-based) while
     /// `tamper` changes things behind its back, then let go on.
     pub fn install_paused(&self, bundle: &Path, pause: usize, tamper: impl FnOnce()) -> Output {
+        self.install_paused_with(bundle, &[], pause, tamper)
+    }
+
+    /// [`Fixture::install_paused`] with more arguments for `abup install`.
+    pub fn install_paused_with(
+        &self,
+        bundle: &Path,
+        args: &[&str],
+        pause: usize,
+        tamper: impl FnOnce(),
+    ) -> Output {
         super::require_fault_injection();
         let (out, err) = (self.t.path("stdout"), self.t.path("stderr"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_abup"))
             .args(["install", bundle.to_str().unwrap()])
+            .args(args)
             .env("ABUP_CONFIG", &self.board)
             .env("ABUP_PROC_CMDLINE", &self.cmdline)
             .env("ABUP_PAUSE_AFTER_WRITES", pause.to_string())
