@@ -282,16 +282,14 @@ fn check_bases(
     progress: &mut Progress,
 ) -> Result<Vec<(usize, usize)>> {
     let readers: Vec<(usize, usize)> = manifest
-        .images
-        .iter()
-        .enumerate()
-        .flat_map(|(i, img)| {
-            img.chunks
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| c.op.base_sha256().is_some())
-                .map(move |(k, _)| (i, k))
+        .chunks()
+        .filter(|c| {
+            manifest.images[c.image].chunks[c.index]
+                .op
+                .base_sha256()
+                .is_some()
         })
+        .map(|c| (c.image, c.index))
         .collect();
     let checked: Vec<(usize, usize)> = if every || readers.len() <= BASE_SAMPLE {
         readers
