@@ -352,23 +352,10 @@ fn a_delta_install_with_the_widest_windows_stays_within_64_mib() {
         *b ^= 0x33;
     }
     let d = widest_delta(&f, &base, &new);
-    let out = std::process::Command::new("/usr/bin/time")
-        .args(["-f", "peak-rss-kib=%M", env!("CARGO_BIN_EXE_abup")])
-        .args(["install", d.to_str().unwrap(), "--progress", "none"])
-        .env("ABUP_CONFIG", &f.board)
-        .env("ABUP_PROC_CMDLINE", &f.cmdline)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let (out, peak) = f.install_peak_rss(&d);
+    out.success();
     assert!(f.slot("B")[..new.len()] == new[..], "B holds the new image");
-    let kib: u64 = err
-        .lines()
-        .find_map(|l| l.strip_prefix("peak-rss-kib="))
-        .unwrap_or_else(|| panic!("no measurement: {err}"))
-        .trim()
-        .parse()
-        .unwrap();
+    let kib = peak >> 10;
     let decoders = std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) as u64;
     // Per decoder: its window, a stored and a decoded chunk.
     let per_decoder = abup::bundle::MAX_PATCH_WINDOW + 2 * (1 << 20);
@@ -394,29 +381,12 @@ fn a_delta_install_with_the_widest_windows_stays_within_64_mib() {
 
 #[test]
 fn a_delta_installs_from_standard_input_and_from_a_url_that_drops() {
-    use std::io::Write;
     let (f, new, d) = device();
     let saved = f.save();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_abup"))
-        .args(["install", "-", "--progress", "json"])
-        .env("ABUP_CONFIG", &f.board)
-        .env("ABUP_PROC_CMDLINE", &f.cmdline)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&std::fs::read(&d).unwrap())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
+    let out = f.install_stdin(&d);
+    out.success();
     // The base check is a phase of its own in the progress lines.
-    assert!(String::from_utf8(out.stdout)
-        .unwrap()
-        .contains("\"phase\":\"base\""));
+    assert!(out.stdout_text().contains("\"phase\":\"base\""));
     assert_installed(&f, &new);
 
     // Over HTTP, with the connection dropped twice: resumed with Range requests.

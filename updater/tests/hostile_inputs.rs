@@ -626,23 +626,10 @@ fn install_refuses_chunks_larger_than_its_memory_budget_before_writing() {
 fn install_peak_rss(img: &[u8], chunk_size: u32) -> u64 {
     let f = Fixture::new(img.len() as u64, "");
     let b = bundle_with_chunk_size(&f, img, chunk_size);
-    let mut cmd = Command::new("/usr/bin/time");
-    cmd.args(["-f", "peak-rss-kib=%M", env!("CARGO_BIN_EXE_abup")])
-        .args(["install", b.to_str().unwrap(), "--progress", "none"])
-        .env("ABUP_CONFIG", &f.board)
-        .env("ABUP_PROC_CMDLINE", &f.cmdline);
-    let out = run_cmd(cmd, Input::Null, LIMIT);
+    let (out, peak) = f.install_peak_rss(&b);
     out.success();
     assert!(f.slot("B") == img, "slot B holds the image");
-    let err = out.stderr_text();
-    let kib: u64 = err
-        .lines()
-        .find_map(|l| l.strip_prefix("peak-rss-kib="))
-        .unwrap_or_else(|| panic!("no measurement: {err}"))
-        .trim()
-        .parse()
-        .unwrap();
-    kib << 10
+    peak
 }
 
 /// Chunks an install holds in memory with `decoders` decoding threads (`install/pipeline.rs`):

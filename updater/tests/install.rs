@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 
 use common::fixture::{image, Fixture};
@@ -66,25 +65,11 @@ fn install_from_standard_input() {
     let f = Fixture::new(SLOT, "");
     let img = image(1_700_000, 4);
     let b = f.bundle("b.abup", &img, "2.0", 0);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_abup"))
-        .args(["install", "-", "--progress", "json"])
-        .env("ABUP_CONFIG", &f.board)
-        .env("ABUP_PROC_CMDLINE", &f.cmdline)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&std::fs::read(&b).unwrap())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
+    let out = f.install_stdin(&b);
+    out.success();
     // One JSON object a line, each with the schema version; the write phase ends complete.
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
+    let lines: Vec<serde_json::Value> = out
+        .stdout_text()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();

@@ -297,6 +297,58 @@ impl Fixture {
         }
     }
 
+    /// `abup install - --progress json`, the bundle written to its standard input.
+    pub fn install_stdin(&self, bundle: &Path) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_abup"))
+            .args(["install", "-", "--progress", "json"])
+            .env("ABUP_CONFIG", &self.board)
+            .env("ABUP_PROC_CMDLINE", &self.cmdline)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(&std::fs::read(bundle).unwrap())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        Output {
+            code: out.status.code(),
+            stdout: out.stdout,
+            stderr: out.stderr,
+        }
+    }
+
+    /// `abup install BUNDLE` under `/usr/bin/time`: its output, and its peak resident memory
+    /// in bytes.
+    pub fn install_peak_rss(&self, bundle: &Path) -> (Output, u64) {
+        let out = Command::new("/usr/bin/time")
+            .args(["-f", "peak-rss-kib=%M", env!("CARGO_BIN_EXE_abup")])
+            .args(["install", bundle.to_str().unwrap(), "--progress", "none"])
+            .env("ABUP_CONFIG", &self.board)
+            .env("ABUP_PROC_CMDLINE", &self.cmdline)
+            .output()
+            .unwrap();
+        let out = Output {
+            code: out.status.code(),
+            stdout: out.stdout,
+            stderr: out.stderr,
+        };
+        let err = out.stderr_text();
+        let kib: u64 = err
+            .lines()
+            .find_map(|l| l.strip_prefix("peak-rss-kib="))
+            .unwrap_or_else(|| panic!("no measurement: {err}"))
+            .trim()
+            .parse()
+            .unwrap();
+        (out, kib << 10)
+    }
+
     /// The durable writes of a complete install of `bundle` (undone afterwards: the device is
     /// put back as it was), as `-vv` names them.
     pub fn install_writes(&self, bundle: &Path) -> Vec<String> {
