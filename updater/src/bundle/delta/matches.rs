@@ -228,19 +228,8 @@ fn content_defined(old: &[u8], new: &[u8], gaps: &[(u64, u64)]) -> Vec<Seg> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::noise;
     use super::*;
-
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
 
     fn check(old: &[u8], new: &[u8], segs: &[Seg]) {
         let mut at = 0;

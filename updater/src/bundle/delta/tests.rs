@@ -8,7 +8,8 @@ use crate::bundle::{Manifest, MIN_CHUNK_SIZE};
 
 const CS: u32 = MIN_CHUNK_SIZE;
 
-fn noise(len: usize, seed: u64) -> Vec<u8> {
+/// Incompressible bytes from `seed` (xorshift).
+pub(super) fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     (0..len)
         .map(|_| {
