@@ -53,7 +53,9 @@ pub fn read_base(
     buf: &mut Vec<u8>,
 ) -> Result<()> {
     let total = usize::try_from(extents_len(extents)).unwrap_or(usize::MAX);
-    buf.clear();
+    // Every byte is overwritten by the read: only the part a smaller window left unused
+    // is zeroed, not the whole window again.
+    buf.truncate(total);
     buf.resize(total, 0);
     base.read_extents(extents, buf)
         .map_err(|source| Error::BaseRead {

@@ -5,6 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
@@ -167,11 +168,22 @@ pub fn open(path: &Path) -> Result<Device> {
 /// and the kernel changes it there without writing it (ext4 mounted read-only sets journal
 /// checksum features in its in-memory superblock), so a buffered read of the running slot
 /// can differ from what the medium holds, and from the image the delta was built against.
-#[derive(Debug)]
 pub struct BaseDevice {
     pub path: PathBuf,
     file: File,
     direct: Option<File>,
+    /// Aligned buffers for direct reads, one per reader at a time (each decoder, and the
+    /// plan's check): allocated once, so a read neither allocates nor zeroes memory.
+    bounces: Mutex<Vec<memmap2::MmapMut>>,
+}
+
+impl std::fmt::Debug for BaseDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BaseDevice")
+            .field("path", &self.path)
+            .field("direct", &self.direct.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Bytes one direct read of the base covers at most, so a read costs at most this much
@@ -195,6 +207,7 @@ pub fn open_base(path: &Path) -> Result<BaseDevice> {
         path: path.to_owned(),
         file,
         direct,
+        bounces: Mutex::new(Vec::new()),
     })
 }
 
@@ -202,6 +215,64 @@ pub fn open_base(path: &Path) -> Result<BaseDevice> {
 /// a request costs more than 64 KiB of sequential reading on any storage abup meets, and a
 /// delta's copies are often runs of blocks with small holes between them.
 const BASE_GAP: u64 = 64 << 10;
+
+impl BaseDevice {
+    /// Reads `range` of the base and hands it to `sink` in order, as (offset, bytes) pieces of
+    /// at most [`BASE_PIECE`], straight from the direct-I/O buffer.
+    fn read_span(
+        &self,
+        range: std::ops::Range<u64>,
+        mut sink: impl FnMut(u64, &[u8]),
+    ) -> std::io::Result<()> {
+        let Some(direct) = &self.direct else {
+            let mut buf = vec![0u8; (range.end - range.start).min(BASE_PIECE as u64) as usize];
+            let mut at = range.start;
+            while at < range.end {
+                let piece = &mut buf[..(range.end - at).min(BASE_PIECE as u64) as usize];
+                self.file.read_exact_at(piece, at)?;
+                sink(at, piece);
+                at += piece.len() as u64;
+            }
+            return Ok(());
+        };
+        let taken = self.bounces.lock().ok().and_then(|mut b| b.pop());
+        let mut bounce = match taken {
+            Some(b) => b,
+            None => memmap2::MmapMut::map_anon(BASE_PIECE + ALIGN as usize)?,
+        };
+        let result = (|| {
+            let mut at = range.start;
+            while at < range.end {
+                let aligned = at / ALIGN * ALIGN;
+                let skip = (at - aligned) as usize;
+                let want = ((range.end - at) as usize).min(BASE_PIECE - skip);
+                let len = (skip + want).div_ceil(ALIGN as usize) * ALIGN as usize;
+                let piece = &mut bounce[..len];
+                // The device may end inside the last aligned block: a short read is fine as
+                // long as it covers what was asked for.
+                let mut got = 0;
+                while got < len {
+                    match direct.read_at(&mut piece[got..], aligned + got as u64) {
+                        Ok(0) => break,
+                        Ok(n) => got += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                if got < skip + want {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                sink(at, &piece[skip..skip + want]);
+                at += want as u64;
+            }
+            Ok(())
+        })();
+        if let Ok(mut b) = self.bounces.lock() {
+            b.push(bounce);
+        }
+        result
+    }
+}
 
 impl crate::bundle::ReadAt for BaseDevice {
     fn read_extents(&self, extents: &[Extent], buf: &mut [u8]) -> std::io::Result<()> {
@@ -213,7 +284,6 @@ impl crate::bundle::ReadAt for BaseDevice {
             at += e.len as usize;
         }
         order.sort_unstable();
-        let mut span = Vec::new();
         let mut i = 0;
         while i < order.len() {
             let start = order[i].0;
@@ -226,57 +296,29 @@ impl crate::bundle::ReadAt for BaseDevice {
                 end = end.max(order[j].0 + order[j].1);
                 j += 1;
             }
-            if j == i + 1 {
-                // Alone (perhaps larger than a piece): straight into place.
-                let (offset, len, dst) = order[i];
-                self.read_exact_at(&mut buf[dst..dst + len as usize], offset)?;
-            } else {
-                span.resize((end - start) as usize, 0);
-                self.read_exact_at(&mut span, start)?;
-                for &(offset, len, dst) in &order[i..j] {
-                    let from = (offset - start) as usize;
-                    buf[dst..dst + len as usize].copy_from_slice(&span[from..from + len as usize]);
+            let group = &order[i..j];
+            self.read_span(start..end, |piece_at, piece| {
+                let piece_end = piece_at + piece.len() as u64;
+                for &(offset, len, dst) in group {
+                    let (a, b) = (offset.max(piece_at), (offset + len).min(piece_end));
+                    if a < b {
+                        let to = dst + (a - offset) as usize;
+                        buf[to..to + (b - a) as usize].copy_from_slice(
+                            &piece[(a - piece_at) as usize..(b - piece_at) as usize],
+                        );
+                    }
                 }
-            }
+            })?;
             i = j;
         }
         Ok(())
     }
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        let Some(direct) = &self.direct else {
-            return self.file.read_exact_at(buf, offset);
-        };
-        let align = ALIGN as usize;
-        let span = (offset as usize % align + buf.len()).div_ceil(align) * align;
-        let mut bounce = vec![0u8; span.min(BASE_PIECE) + align];
-        let start = bounce.as_ptr().align_offset(align);
-        let mut done = 0;
-        while done < buf.len() {
-            let at = offset + done as u64;
-            let aligned = at / ALIGN * ALIGN;
-            let skip = (at - aligned) as usize;
-            let want = (buf.len() - done).min(BASE_PIECE - skip);
-            let len = (skip + want).div_ceil(align) * align;
-            let piece = &mut bounce[start..start + len];
-            // The device may end inside the last aligned block: a short read is fine as
-            // long as it covers what was asked for.
-            let mut got = 0;
-            while got < len {
-                match direct.read_at(&mut piece[got..], aligned + got as u64) {
-                    Ok(0) => break,
-                    Ok(n) => got += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            if got < skip + want {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            buf[done..done + want].copy_from_slice(&piece[skip..skip + want]);
-            done += want;
-        }
-        Ok(())
+        self.read_span(offset..offset + buf.len() as u64, |at, piece| {
+            let to = (at - offset) as usize;
+            buf[to..to + piece.len()].copy_from_slice(piece);
+        })
     }
 }
 
