@@ -94,11 +94,20 @@ fn check_manifest(m: &Manifest) {
                     inside(b.size);
                     assert_eq!(extents_len(extents), u64::from(len), "a copy is its chunk");
                 }
-                (Op::Patch { .. }, Some(b)) => {
+                (Op::Patch { target_extents, .. }, Some(b)) => {
                     assert!(c.stored >= 1);
                     assert!(c.stored <= Compression::Zstd.max_stored_len(len));
                     inside(b.size);
-                    assert!(extents_len(extents) <= MAX_PATCH_WINDOW);
+                    all_extents += target_extents.len();
+                    assert!(extents.len() + target_extents.len() <= MAX_OP_EXTENTS);
+                    let start = img.chunk_range(k).start;
+                    for e in target_extents {
+                        assert!(e.len > 0, "an empty target extent");
+                        assert!(e.offset >= u64::from(img.chunk_size), "{e:?} in the first chunk");
+                        assert!(e.offset + e.len <= start, "{e:?} not before chunk {k}");
+                    }
+                    let window = extents_len(extents) + extents_len(target_extents);
+                    assert!(window <= MAX_PATCH_WINDOW);
                 }
             }
         }
@@ -119,11 +128,18 @@ fn make_chunks(m: &Manifest, payload: &[u8], control: u8) {
     let mut decoder = Decoder::new().expect("a zstd context");
     let (mut window, mut out) = (Vec::new(), Vec::new());
     let mut fixed = m.clone();
+    // What was made so far of the current image: the target a patch reads back. A chunk
+    // that failed leaves zeros, as a device's slot would hold something else there.
+    let mut made: Vec<u8> = Vec::new();
     for c in m.chunks() {
         let image = &mut fixed.images[c.image];
         if image.size > MAKE_MAX_IMAGE {
             continue;
         }
+        if c.index == 0 {
+            made.clear();
+        }
+        made.resize(c.range.start as usize, 0);
         // As far as the payload goes: a short one is an input `make` must cope with too.
         let start = usize::try_from(c.offset).unwrap_or(usize::MAX);
         let stored = payload.get(start..).unwrap_or_default();
@@ -136,12 +152,22 @@ fn make_chunks(m: &Manifest, payload: &[u8], control: u8) {
             fix_base_hash(&mut chunk.op, whole);
         }
         let op = chunk.op.clone();
-        let result = decoder.make(image, c.index, stored, base, &mut window, &mut out);
+        let target = &made.as_slice();
+        let result = decoder.make(
+            image,
+            c.index,
+            stored,
+            base,
+            Some(target as &dyn ReadAt),
+            &mut window,
+            &mut out,
+        );
         let Ok(()) = result else {
             assert!(out.is_empty(), "{result:?}: a failed make leaves nothing");
             continue;
         };
         assert_eq!(out.len() as u64, c.range.end - c.range.start);
+        made.extend_from_slice(&out);
         match op {
             Op::Data => {}
             Op::Zero => assert!(out.iter().all(|&b| b == 0)),
@@ -286,13 +312,21 @@ fn image(c: &mut Choices, i: usize, json: &mut String) {
             json.push(',');
         }
         let len = size.saturating_sub(k * cs).clamp(1, cs);
-        chunk(c, len, base_size, compression == "zstd", json);
+        chunk(c, (k * cs, cs), len, base_size, compression == "zstd", json);
     }
     json.push_str("]}");
 }
 
-/// One chunk of `len` bytes. Fields come in the canonical order; a stray one goes last.
-fn chunk(c: &mut Choices, len: u64, base_size: u64, zstd: bool, json: &mut String) {
+/// One chunk of `len` bytes at `start` in an image of `cs`-byte chunks. Fields come in the
+/// canonical order; a stray one goes last.
+fn chunk(
+    c: &mut Choices,
+    (start, cs): (u64, u64),
+    len: u64,
+    base_size: u64,
+    zstd: bool,
+    json: &mut String,
+) {
     let op = match c.below(17) {
         16 => "bsdiff",
         n => ["copy", "patch", "zero", "data"][n % 4],
@@ -304,6 +338,13 @@ fn chunk(c: &mut Choices, len: u64, base_size: u64, zstd: bool, json: &mut Strin
             _ => c.near(&[len, base_size, MAX_PATCH_WINDOW, len / 2 + 1]),
         };
         fields.push(format!(r#""extents":{}"#, extents(c, total, base_size)));
+    }
+    if op == "patch" && c.below(4) == 0 {
+        // The image's own earlier bytes: at the limits of after the first chunk and before
+        // this one.
+        let offset = c.near(&[cs, start.saturating_sub(cs), 0, start]);
+        let len = c.near(&[start.saturating_sub(offset), 1, cs]);
+        fields.push(format!(r#""target_extents":[[{offset},{len}]]"#));
     }
     if op == "patch" {
         fields.push(format!(r#""base_sha256":"{}""#, c.hash()));

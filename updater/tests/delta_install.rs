@@ -11,11 +11,16 @@ use common::{durable_writes, Output};
 
 const SLOT: u64 = 2 << 20;
 
-/// The next release: the running image with runs moved, changed, inserted, and zeroed.
+/// The next release: the running image with runs moved, changed, inserted (new bytes, and
+/// the same new bytes again further on), and zeroed.
 fn next_release(base: &[u8]) -> Vec<u8> {
     let mut new = Vec::with_capacity(base.len());
     new.extend_from_slice(&base[1_200_000..1_500_000]);
-    new.extend_from_slice(&image(70_001, 5)[..70_001]);
+    // Repeated soon after, before the writer would sync it on its own.
+    let fresh = image(70_001, 5);
+    new.extend_from_slice(&fresh);
+    new.extend_from_slice(&base[1_500_000..1_600_000]);
+    new.extend_from_slice(&fresh);
     let mut changed = base[..600_000].to_vec();
     for b in changed.iter_mut().step_by(4099) {
         *b ^= 0x5a;
@@ -24,6 +29,13 @@ fn next_release(base: &[u8]) -> Vec<u8> {
     new.resize(new.len() + 200_000, 0);
     new.extend_from_slice(&base[600_000..1_100_000]);
     new
+}
+
+/// The manifest of a bundle file.
+fn manifest(bundle: &std::path::Path) -> abup::bundle::Manifest {
+    let bytes = std::fs::read(bundle).unwrap();
+    let len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+    abup::bundle::Manifest::parse(&bytes[16..16 + len]).unwrap()
 }
 
 fn device() -> (Fixture, Vec<u8>, std::path::PathBuf) {
@@ -71,6 +83,15 @@ fn touch_running_slot(f: &Fixture) {
 #[test]
 fn a_delta_installs_exactly_reading_the_running_slot() {
     let (f, new, d) = device();
+    // Copies, zeros and patches, some of which read the new image's own earlier bytes back.
+    let m = manifest(&d);
+    let ops: std::collections::BTreeSet<&str> =
+        m.images[0].chunks.iter().map(|c| c.op.name()).collect();
+    assert!(
+        ["copy", "zero", "patch"].iter().all(|o| ops.contains(o)),
+        "{ops:?}"
+    );
+    assert!(m.images[0].reads_target(), "no patch reads the target");
     let slot_a = f.slot("A");
     let full = f.bundle("full.abup", &new, "2.0", 0);
     let (dl, fl) = (
@@ -275,7 +296,9 @@ fn a_cut_after_any_write_of_a_delta_install_resumes_to_the_exact_image() {
 }
 
 /// A delta at the limits, built by hand: every chunk of 1 MiB a patch whose window is the
-/// largest a patch may read (8 MiB), so every decoder holds a full window.
+/// largest a patch may read (8 MiB), so every decoder holds a full window. From the third
+/// chunk on, every other window starts with up to half its bytes read back from the new
+/// image itself (the chunks just before), so those reads are measured too.
 fn widest_delta(f: &Fixture, base: &[u8], new: &[u8]) -> std::path::PathBuf {
     use abup::bundle::{self, Base, Chunk, Compression, Extent, Image, ImageKind, Manifest, Op};
     use sha2::{Digest, Sha256};
@@ -285,21 +308,37 @@ fn widest_delta(f: &Fixture, base: &[u8], new: &[u8]) -> std::path::PathBuf {
     let (mut chunks, mut payload) = (Vec::new(), Vec::new());
     for (k, data) in new.chunks(cs).enumerate() {
         // Each chunk's window starts somewhere else, so no two decoders share one.
-        let at = (k as u64 * 1_000_000) % (base.len() as u64 - window);
-        let prefix = &base[at as usize..(at + window) as usize];
+        let own = if k >= 2 && k % 2 == 1 {
+            ((k - 1) * cs).min(window as usize / 2)
+        } else {
+            0
+        };
+        let target_extents: Vec<Extent> = (own > 0)
+            .then(|| Extent {
+                offset: (k * cs - own) as u64,
+                len: own as u64,
+            })
+            .into_iter()
+            .collect();
+        let from_base = window - own as u64;
+        let at = (k as u64 * 1_000_000) % (base.len() as u64 - from_base);
+        let base_part = &base[at as usize..(at + from_base) as usize];
+        let mut prefix = new[k * cs - own..k * cs].to_vec();
+        prefix.extend_from_slice(base_part);
         let mut ctx = CCtx::create();
         ctx.set_parameter(CParameter::CompressionLevel(3)).unwrap();
         ctx.set_parameter(CParameter::WindowLog(24)).unwrap();
-        ctx.ref_prefix(prefix).unwrap();
+        ctx.ref_prefix(&prefix).unwrap();
         let mut frame = Vec::with_capacity(2 * cs);
         ctx.compress2(&mut frame, data).unwrap();
         chunks.push(Chunk {
             op: Op::Patch {
                 extents: vec![Extent {
                     offset: at,
-                    len: window,
+                    len: from_base,
                 }],
-                base_sha256: Sha256::digest(prefix).into(),
+                target_extents,
+                base_sha256: Sha256::digest(base_part).into(),
                 out_sha256: Sha256::digest(data).into(),
             },
             ..Chunk::describe(&frame)

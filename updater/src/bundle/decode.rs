@@ -52,17 +52,31 @@ pub fn read_base(
     expected: &[u8; 32],
     buf: &mut Vec<u8>,
 ) -> Result<()> {
+    read_base_after(image, k, base, extents, expected, buf, 0)
+}
+
+/// [`read_base`] into `buf` after its first `from` bytes, which stay.
+fn read_base_after(
+    image: &Image,
+    k: usize,
+    base: &dyn ReadAt,
+    extents: &[Extent],
+    expected: &[u8; 32],
+    buf: &mut Vec<u8>,
+    from: usize,
+) -> Result<()> {
     let total = usize::try_from(extents_len(extents)).unwrap_or(usize::MAX);
+    let end = from.saturating_add(total);
     // Every byte is overwritten by the read: only the part a smaller window left unused
     // is zeroed, not the whole window again.
-    buf.truncate(total);
-    buf.resize(total, 0);
-    base.read_extents(extents, buf)
+    buf.truncate(end);
+    buf.resize(end, 0);
+    base.read_extents(extents, &mut buf[from..])
         .map_err(|source| Error::BaseRead {
             offset: extents.first().map_or(0, |e| e.offset),
             source,
         })?;
-    let found: [u8; 32] = Sha256::digest(&buf[..]).into();
+    let found: [u8; 32] = Sha256::digest(&buf[from..]).into();
     if &found != expected {
         return Err(Error::BaseMismatch {
             slot_class: image.slot_class.clone(),
@@ -72,6 +86,35 @@ pub fn read_base(
         });
     }
     Ok(())
+}
+
+/// The image's own earlier bytes at `extents` into `window` (replacing its contents): the
+/// front of a patch's reference prefix. They are not hashed on their own: they were checked
+/// before they were written, and a wrong read back makes the patch fail its output hash.
+fn read_target(
+    image: &Image,
+    target: Option<&dyn ReadAt>,
+    extents: &[Extent],
+    window: &mut Vec<u8>,
+) -> Result<()> {
+    let total = usize::try_from(extents_len(extents)).unwrap_or(usize::MAX);
+    window.truncate(total);
+    window.resize(total, 0);
+    if extents.is_empty() {
+        return Ok(());
+    }
+    let error = |source| Error::TargetRead {
+        slot_class: image.slot_class.clone(),
+        offset: extents.first().map_or(0, |e| e.offset),
+        source,
+    };
+    let target = target.ok_or_else(|| {
+        error(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "the image being made was not given",
+        ))
+    })?;
+    target.read_extents(extents, window).map_err(error)
 }
 
 /// The first bytes of a zstd frame (RFC 8878). Skippable and legacy frames are refused.
@@ -118,15 +161,18 @@ impl Decoder {
 
     /// Makes chunk `k` of `image`, whatever its operation: decodes stored bytes (checked
     /// first, as [`Decoder::decode`] does), writes zeros, or reads the base (each base read
-    /// checked against its hash before it is used; a patch's output checked too). `window`
-    /// holds a patch's reference bytes, at most [`MAX_PATCH_WINDOW`]; keep it between calls.
-    /// On error `out` is empty.
+    /// checked against its hash before it is used; a patch's output checked too). `target`
+    /// is the image as made so far, for patches that refer to its earlier bytes: the caller
+    /// makes sure those are there. `window` holds a patch's reference bytes, at most
+    /// [`MAX_PATCH_WINDOW`]; keep it between calls. On error `out` is empty.
+    #[allow(clippy::too_many_arguments)]
     pub fn make(
         &mut self,
         image: &Image,
         k: usize,
         stored: &[u8],
         base: Option<&dyn ReadAt>,
+        target: Option<&dyn ReadAt>,
         window: &mut Vec<u8>,
         out: &mut Vec<u8>,
     ) -> Result<()> {
@@ -149,12 +195,17 @@ impl Decoder {
             (
                 Op::Patch {
                     extents,
+                    target_extents,
                     base_sha256,
                     out_sha256,
                 },
                 Some(base),
             ) => check_stored(image, k, stored)
-                .and_then(|()| read_base(image, k, base, extents, base_sha256, window))
+                .and_then(|()| read_target(image, target, target_extents, window))
+                .and_then(|()| {
+                    let from = window.len();
+                    read_base_after(image, k, base, extents, base_sha256, window, from)
+                })
                 .and_then(|()| self.patch(image, k, stored, window, out, out_sha256)),
         };
         if result.is_err() {

@@ -174,11 +174,14 @@ pub enum Op {
         extents: Vec<Extent>,
         sha256: [u8; 32],
     },
-    /// The stored zstd frame, decoded with the base's bytes at `extents` (concatenated, at
-    /// most [`MAX_PATCH_WINDOW`]) as its reference prefix. `base_sha256` covers those base
-    /// bytes before they are used, `out_sha256` the decoded chunk before it is written.
+    /// The stored zstd frame, decoded with a reference prefix of at most
+    /// [`MAX_PATCH_WINDOW`]: the image's own bytes at `target_extents` (written before this
+    /// chunk, never in the first chunk), then the base's bytes at `extents`. `base_sha256`
+    /// covers the base bytes before they are used, `out_sha256` the decoded chunk before it
+    /// is written (and so whatever was read back from the target).
     Patch {
         extents: Vec<Extent>,
+        target_extents: Vec<Extent>,
         base_sha256: [u8; 32],
         out_sha256: [u8; 32],
     },
@@ -208,6 +211,14 @@ impl Op {
             Op::Copy { sha256, .. } => Some(sha256),
             Op::Patch { base_sha256, .. } => Some(base_sha256),
             Op::Data | Op::Zero => None,
+        }
+    }
+
+    /// The extents of the image's own earlier bytes the operation reads, if any.
+    pub fn target_extents(&self) -> &[Extent] {
+        match self {
+            Op::Patch { target_extents, .. } => target_extents,
+            _ => &[],
         }
     }
 
@@ -259,6 +270,13 @@ impl Chunk {
 impl Image {
     /// The image bytes chunk `k` covers: `k * chunk_size .. min((k + 1) * chunk_size, size)`.
     /// Empty for a `k` past the last chunk.
+    /// Whether a patch of this image reads the image's own earlier bytes.
+    pub fn reads_target(&self) -> bool {
+        self.chunks
+            .iter()
+            .any(|c| !c.op.target_extents().is_empty())
+    }
+
     pub fn chunk_range(&self, k: usize) -> Range<u64> {
         let chunk_size = u64::from(self.chunk_size);
         let start = u64::try_from(k)
@@ -486,6 +504,44 @@ fn check_op(i: usize, img: &Image, k: usize, c: &Chunk) -> Result<()> {
             }
             _ => {}
         }
+        check_target_extents(img, k, &c.op).map_err(bad)?;
+    }
+    Ok(())
+}
+
+/// A patch's own-image extents: between the end of the first chunk (whose first block a
+/// device holds back until it activates the slot) and the start of this chunk, and within
+/// the window and extent limits together with the base extents.
+fn check_target_extents(img: &Image, k: usize, op: &Op) -> std::result::Result<(), String> {
+    let target = op.target_extents();
+    if target.is_empty() {
+        return Ok(());
+    }
+    let count = op.extents().len() + target.len();
+    if count > MAX_OP_EXTENTS {
+        return Err(format!(
+            "it lists {count} extents of the base and the image, more than {MAX_OP_EXTENTS}"
+        ));
+    }
+    let (first, start) = (u64::from(img.chunk_size), img.chunk_range(k).start);
+    for e in target {
+        if e.len == 0
+            || e.offset < first
+            || e.offset.checked_add(e.len).is_none_or(|end| end > start)
+        {
+            return Err(format!(
+                "target extent [{}, {}] is empty or not between the end of the first chunk \
+                 ({first}) and the start of this one ({start})",
+                e.offset, e.len
+            ));
+        }
+    }
+    let total = extents_len(op.extents()).saturating_add(extents_len(target));
+    if total > MAX_PATCH_WINDOW {
+        return Err(format!(
+            "its base and target extents hold {total} bytes, more than the {MAX_PATCH_WINDOW} a \
+             patch may read"
+        ));
     }
     Ok(())
 }
@@ -597,12 +653,14 @@ struct OutImage<'a> {
 }
 
 /// A chunk's fields, each present only for the operations that have it, in the documented
-/// order: `op`, `extents`, `base_sha256`, `stored`, `sha256`, `out_sha256`.
+/// order: `op`, `extents`, `target_extents`, `base_sha256`, `stored`, `sha256`, `out_sha256`.
 #[derive(Serialize)]
 struct OutChunk {
     op: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     extents: Option<Vec<[u64; 2]>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target_extents: Option<Vec<[u64; 2]>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     base_sha256: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -619,6 +677,7 @@ impl OutChunk {
         let mut out = OutChunk {
             op: c.op.name(),
             extents: None,
+            target_extents: None,
             base_sha256: None,
             stored: None,
             sha256: None,
@@ -636,10 +695,14 @@ impl OutChunk {
             }
             Op::Patch {
                 extents: e,
+                target_extents,
                 base_sha256,
                 out_sha256,
             } => {
                 out.extents = extents(e);
+                if !target_extents.is_empty() {
+                    out.target_extents = extents(target_extents);
+                }
                 out.base_sha256 = Some(hex::encode(base_sha256));
                 out.stored = Some(c.stored);
                 out.sha256 = Some(hex::encode(&c.sha256));
@@ -884,6 +947,7 @@ wire_struct!(
     chunks {
         op: String,
         extents: Counted<Extent>,
+        target_extents: Counted<Extent>,
         base_sha256: String,
         stored: u64,
         sha256: String,
@@ -1009,7 +1073,9 @@ impl WireImage {
         })?;
         let wire_chunks = required(self.chunks, || at("chunks"))?;
         let extents = wire_chunks.items.iter().fold(0usize, |n, c| {
-            n.saturating_add(c.extents.as_ref().map_or(0, |e| e.total))
+            [&c.extents, &c.target_extents].iter().fold(n, |n, e| {
+                n.saturating_add(e.as_ref().map_or(0, |e| e.total))
+            })
         });
         if extents > MAX_EXTENTS {
             return Err(Error::TooManyExtents { count: extents });
@@ -1075,6 +1141,11 @@ impl WireChunk {
         not_here(!stores && self.stored.is_some(), || at("stored"), &what)?;
         let patch = op_name == "patch";
         not_here(
+            !patch && self.target_extents.is_some(),
+            || at("target_extents"),
+            &what,
+        )?;
+        not_here(
             !patch && self.base_sha256.is_some(),
             || at("base_sha256"),
             &what,
@@ -1114,9 +1185,23 @@ impl WireChunk {
                 let stored = stored_field(self.stored)?;
                 let sha256 = hash(self.sha256, "sha256")?;
                 let out_sha256 = hash(self.out_sha256, "out_sha256")?;
+                // Absent when the patch reads only the base; present, it lists at least one.
+                let target_extents = match self.target_extents {
+                    Some(t) if t.items.is_empty() => {
+                        return Err(Error::BadExtents {
+                            image: i,
+                            chunk: k,
+                            message: "its target_extents list is empty (leave the field out)"
+                                .into(),
+                        })
+                    }
+                    Some(t) => t.items,
+                    None => Vec::new(),
+                };
                 (
                     Op::Patch {
                         extents,
+                        target_extents,
                         base_sha256,
                         out_sha256,
                     },

@@ -260,6 +260,12 @@ pub enum Error {
     },
     #[error("cannot read the base at byte {offset}: {source}")]
     BaseRead { offset: u64, source: std::io::Error },
+    #[error("cannot read back byte {offset} of the new {slot_class} image for a patch: {source}")]
+    TargetRead {
+        slot_class: String,
+        offset: u64,
+        source: std::io::Error,
+    },
     #[error("image {slot_class} is a delta, and no base image was given to rebuild it from")]
     NoBase { slot_class: String },
     #[error("chunk {chunk} of image {slot_class} patches to bytes the bundle does not vouch for: the bundle was built wrongly, rebuild it")]

@@ -215,7 +215,8 @@ pub fn read_stored<R: Read + ?Sized>(
 /// image's SHA-256, and that nothing follows the payload. Reads the bundle once, front to
 /// back, holding one chunk at a time. A delta image is rebuilt from its base in `bases`
 /// (slot class, base image) when there is one; without it only its stored chunks are checked
-/// (hashes, and data chunks decoded), and its slot class is in the returned list.
+/// (hashes, and data chunks decoded), and its slot class is in the returned list. A delta
+/// whose patches refer to its own earlier bytes is rebuilt in memory, as large as the image.
 pub fn verify_all<R: Read + ?Sized>(
     r: &mut R,
     keyring: &Keyring,
@@ -227,6 +228,7 @@ pub fn verify_all<R: Read + ?Sized>(
     let (mut stored, mut data, mut window) = (Vec::new(), Vec::new(), Vec::new());
     let mut hasher = Sha256::new();
     let mut unchecked = Vec::new();
+    let mut rebuilt = Vec::new();
     for chunk in manifest.chunks() {
         let image = &manifest.images[chunk.image];
         read_stored(r, &chunk, verified.payload_offset, &mut stored)?;
@@ -237,8 +239,20 @@ pub fn verify_all<R: Read + ?Sized>(
         let whole = image.kind.base().is_none() || base.is_some();
         if whole {
             let base = base.map(|b| b as &dyn super::ReadAt);
-            decoder.make(image, chunk.index, &stored, base, &mut window, &mut data)?;
+            let target = &rebuilt.as_slice();
+            decoder.make(
+                image,
+                chunk.index,
+                &stored,
+                base,
+                Some(target),
+                &mut window,
+                &mut data,
+            )?;
             hasher.update(&data);
+            if image.reads_target() {
+                rebuilt.extend_from_slice(&data);
+            }
         } else if image.chunks[chunk.index].op == super::Op::Data {
             decoder.decode(image, chunk.index, &stored, &mut data)?;
         } else if image.chunks[chunk.index].op.stores() {
@@ -254,6 +268,7 @@ pub fn verify_all<R: Read + ?Sized>(
             }
         }
         if chunk.index + 1 == image.chunks.len() {
+            rebuilt = Vec::new();
             let found: [u8; 32] = hasher.finalize_reset().into();
             if !whole {
                 unchecked.push(image.slot_class.clone());

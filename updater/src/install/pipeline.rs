@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -137,6 +137,9 @@ pub fn write_payload(
         }
     };
     let mut done: u64 = (0..manifest.images.len()).map(on_disk).sum();
+    sources
+        .written
+        .reset((0..manifest.images.len()).map(on_disk).collect());
     progress.phase("write", total);
     progress.set(done);
 
@@ -207,6 +210,7 @@ pub fn write_payload(
             manifest,
             devices,
             work,
+            sources,
             state,
             &decoded_rx,
             decoded_pool,
@@ -219,8 +223,9 @@ pub fn write_payload(
             },
         );
         drop(verify_tx);
-        // Whatever happened, no stage may wait for a buffer any more.
+        // Whatever happened, no stage may wait for a buffer or the target any more.
         stop.store(true, Ordering::Relaxed);
+        sources.written.stop();
         if written.is_ok() {
             progress.phase("check", total);
             while !verifier.is_finished() {
@@ -247,6 +252,7 @@ fn write_in_order(
     manifest: &Manifest,
     devices: &[Device],
     work: &[(usize, usize)],
+    sources: &Sources,
     state: &StateDir,
     decoded_rx: &Receiver<(usize, Result<Vec<u8>>)>,
     pool: &Pool<'_>,
@@ -257,14 +263,27 @@ fn write_in_order(
     let mut stage = Stage::new()?;
     let mut pending: BTreeMap<usize, Result<Vec<u8>>> = BTreeMap::new();
     let mut since_sync: u64 = 0;
+    // The image of the chunk written last, if a later patch may read that image back.
+    let mut read_back: Option<usize> = None;
     for (seq, &(i, k)) in work.iter().enumerate() {
         let data = loop {
             if let Some(d) = pending.remove(&seq) {
                 break d?;
             }
-            let (s, d) = decoded_rx
-                .recv()
-                .map_err(|_| anyhow!("the bundle reader stopped before chunk {k} of image {i}"))?;
+            let stopped = || anyhow!("the bundle reader stopped before chunk {k} of image {i}");
+            let (s, d) = match decoded_rx.try_recv() {
+                Ok(next) => next,
+                Err(TryRecvError::Disconnected) => return Err(stopped()),
+                Err(TryRecvError::Empty) => {
+                    // About to wait: the decoder of the next chunk may be waiting for staged
+                    // bytes it reads back, so they go to the disk first.
+                    if let Some(j) = read_back {
+                        stage.flush(&devices[j])?;
+                        sources.written.advance(j, stage.on_disk());
+                    }
+                    decoded_rx.recv().map_err(|_| stopped())?
+                }
+            };
             pending.insert(s, d);
         };
         let image = &manifest.images[i];
@@ -277,6 +296,10 @@ fn write_in_order(
             stage.push(device, range.start + held as u64, &data[held..])?;
         } else {
             stage.push(device, range.start, &data)?;
+        }
+        read_back = sources.targets.get(i).and_then(Option::as_ref).map(|_| i);
+        if read_back.is_some() {
+            sources.written.advance(i, stage.on_disk());
         }
         since_sync += data.len() as u64;
         advance(data.len() as u64);
@@ -337,9 +360,15 @@ impl Stage {
     fn flush(&mut self, device: &Device) -> Result<()> {
         if self.len > 0 {
             device.write_aligned(self.start, &self.buf[..self.len])?;
+            self.start += self.len as u64;
             self.len = 0;
         }
         Ok(())
+    }
+
+    /// Where the device's copy of what was pushed ends: what is still staged is not there.
+    fn on_disk(&self) -> u64 {
+        self.start
     }
 }
 

@@ -180,10 +180,14 @@ pub fn plan(
         ..Report::default()
     };
     let mut sources = Sources::default();
-    for image in &manifest.images {
+    for (image, device) in manifest.images.iter().zip(&devices) {
         sources.bases.push(match image.kind.base() {
             Some(_) => Some(open_base(board, booted, image)?),
             None => None,
+        });
+        sources.targets.push(match image.reads_target() {
+            true => Some(target::open_base(&device.path)?),
+            false => None,
         });
     }
     // A dry run and a fallback's budget need every base range checked. An install otherwise

@@ -4,16 +4,18 @@
 //! chunks come from nowhere. When a base read does not match and the install was given a
 //! fallback (the full bundle of the same release), the chunk is fetched from it instead:
 //! only the fallback chunks that cover it, each checked against the fallback's own signed
-//! manifest.
+//! manifest. A patch may also refer to its image's own earlier bytes: those are read back
+//! from the target slot once the writer has put them there.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
 use super::target::BaseDevice;
-use crate::bundle::{self, Decoder, Image, Manifest, ReadAt};
+use crate::bundle::{self, Decoder, Extent, Image, Manifest, ReadAt};
 use crate::source::BundleReader;
 
 /// The full bundle an install falls back to for chunks it cannot rebuild from the base.
@@ -162,11 +164,91 @@ impl Fallback {
     }
 }
 
+/// How far each image's target slot holds what this install wrote. Decoders run ahead of
+/// the writer, so a patch that reads its image's earlier bytes waits here for them.
+#[derive(Debug, Default)]
+pub struct Written {
+    ends: Mutex<Vec<u64>>,
+    moved: Condvar,
+    stopped: AtomicBool,
+}
+
+impl Written {
+    /// Each image's end of what is on the target already (a resumed install's earlier runs).
+    pub fn reset(&self, ends: Vec<u64>) {
+        if let Ok(mut e) = self.ends.lock() {
+            *e = ends;
+        }
+        self.stopped.store(false, Ordering::Relaxed);
+    }
+
+    /// Image `i` is on its target up to `end`.
+    pub fn advance(&self, i: usize, end: u64) {
+        if let Ok(mut e) = self.ends.lock() {
+            if let Some(at) = e.get_mut(i) {
+                *at = end;
+            }
+        }
+        self.moved.notify_all();
+    }
+
+    /// The writer stopped: nobody waits any more.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+        self.moved.notify_all();
+    }
+
+    fn wait(&self, i: usize, end: u64) -> std::io::Result<()> {
+        let mut ends = self
+            .ends
+            .lock()
+            .map_err(|_| std::io::Error::other("the writer failed"))?;
+        loop {
+            if ends.get(i).is_some_and(|&at| at >= end) {
+                return Ok(());
+            }
+            if self.stopped.load(Ordering::Relaxed) {
+                return Err(std::io::Error::other("the install stopped"));
+            }
+            ends = self
+                .moved
+                .wait_timeout(ends, Duration::from_millis(50))
+                .map_err(|_| std::io::Error::other("the writer failed"))?
+                .0;
+        }
+    }
+}
+
+/// Image `image`'s target slot as far as the writer got: a read waits until its bytes are
+/// there, then reads them from the disk.
+struct SoFar<'a> {
+    device: &'a BaseDevice,
+    written: &'a Written,
+    image: usize,
+}
+
+impl ReadAt for SoFar<'_> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.written.wait(self.image, offset + buf.len() as u64)?;
+        self.device.read_exact_at(buf, offset)
+    }
+
+    fn read_extents(&self, extents: &[Extent], buf: &mut [u8]) -> std::io::Result<()> {
+        let end = extents.iter().map(|e| e.offset + e.len).max().unwrap_or(0);
+        self.written.wait(self.image, end)?;
+        self.device.read_extents(extents, buf)
+    }
+}
+
 /// Everything the install's decoders make chunks from, besides the bundle stream.
 #[derive(Debug, Default)]
 pub struct Sources {
     /// Per image: the running slot's device for a delta image, opened read-only.
     pub bases: Vec<Option<BaseDevice>>,
+    /// Per image: its target slot read back (direct I/O), for a delta whose patches refer to
+    /// the image's own earlier bytes.
+    pub targets: Vec<Option<BaseDevice>>,
+    pub written: Written,
     pub fallback: Option<Fallback>,
 }
 
@@ -188,7 +270,17 @@ impl Sources {
             .get(i)
             .and_then(Option::as_ref)
             .map(|f| f as &dyn ReadAt);
-        match decoder.make(image, k, stored, base, window, out) {
+        let target = self
+            .targets
+            .get(i)
+            .and_then(Option::as_ref)
+            .map(|device| SoFar {
+                device,
+                written: &self.written,
+                image: i,
+            });
+        let target = target.as_ref().map(|t| t as &dyn ReadAt);
+        match decoder.make(image, k, stored, base, target, window, out) {
             Err(bundle::Error::BaseMismatch { .. }) if self.fallback.is_some() => {
                 let fallback = self.fallback.as_ref().context("no fallback")?;
                 log::info!(

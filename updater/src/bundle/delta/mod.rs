@@ -59,6 +59,10 @@ const PROBE_LEVEL: i32 = 3;
 /// chance in guessed base bytes are not worth reading them on every device.
 const PROBE_SLACK: usize = 64;
 
+/// Bytes a patch must save by referring to the new image's earlier bytes before it does:
+/// a device reads up to [`MAX_PATCH_WINDOW`] of its own slot back for it.
+const TARGET_MIN_GAIN: usize = 4096;
+
 /// Where the old version of each changed file of an ext4 image is: for every 4 KiB block of
 /// the new image that holds file data, the base file it pairs with and the block's offset in
 /// its file.
@@ -275,7 +279,8 @@ impl Ctx<'_> {
             return Ok((Chunk::describe(&plain), plain));
         }
         let window = self.narrowest(data, window, &found)?;
-        let prefix = self.prefix(&window);
+        let base_prefix = self.prefix(&window);
+        let (target, prefix) = self.with_target(data, range.start, base_prefix)?;
         let patched = compress(data, Some(&prefix), self.level)?;
         // A chunk partly found in the base is always cheaper as a patch (its found parts
         // cost a few bytes each), so the plain frame, which costs as much time again, is
@@ -288,8 +293,9 @@ impl Ctx<'_> {
         }
         let chunk = Chunk {
             op: Op::Patch {
+                base_sha256: Sha256::digest(&prefix[extents_len(&target) as usize..]).into(),
                 extents: window,
-                base_sha256: Sha256::digest(&prefix).into(),
+                target_extents: target,
                 out_sha256: Sha256::digest(data).into(),
             },
             ..Chunk::describe(&patched)
@@ -326,6 +332,38 @@ impl Ctx<'_> {
         } else {
             Ok(window)
         }
+    }
+
+    /// The reference prefix of a patch of the chunk at `start`, with the new image's bytes
+    /// just before the chunk in front of `base_prefix` when they pay: data repeated within a
+    /// few MiB of the new image that the base does not have (two builds of one thing, a
+    /// package's files and its copy in an archive). The repeat must save [`TARGET_MIN_GAIN`]
+    /// bytes in a level-3 probe, so a device reads back its own slot only where it is worth
+    /// it. Never the first chunk: a device holds its first block back until it activates.
+    fn with_target(
+        &self,
+        data: &[u8],
+        start: u64,
+        base_prefix: Vec<u8>,
+    ) -> Result<(Vec<Extent>, Vec<u8>)> {
+        let first = u64::from(self.image.chunk_size);
+        let room = MAX_PATCH_WINDOW.saturating_sub(base_prefix.len() as u64);
+        let from = start.saturating_sub(room).max(first);
+        if from >= start {
+            return Ok((Vec::new(), base_prefix));
+        }
+        let mut prefix = self.new[from as usize..start as usize].to_vec();
+        prefix.extend_from_slice(&base_prefix);
+        let without = compress(data, Some(&base_prefix), PROBE_LEVEL)?.len();
+        let with = compress(data, Some(&prefix), PROBE_LEVEL)?.len();
+        if with + TARGET_MIN_GAIN > without {
+            return Ok((Vec::new(), base_prefix));
+        }
+        let extent = Extent {
+            offset: from,
+            len: start - from,
+        };
+        Ok((vec![extent], prefix))
     }
 
     /// The base extents that hold `start .. end` of the new image, in order, as far as the
@@ -534,7 +572,15 @@ fn self_check(image: &Image, old: &[u8], new: &[u8], stored: &[Vec<u8>]) -> Resu
     let mut decoder = Decoder::new()?;
     let (mut window, mut out) = (Vec::new(), Vec::new());
     for (k, bytes) in stored.iter().enumerate() {
-        decoder.make(image, k, bytes, Some(&old), &mut window, &mut out)?;
+        decoder.make(
+            image,
+            k,
+            bytes,
+            Some(&old),
+            Some(&new),
+            &mut window,
+            &mut out,
+        )?;
         let r = image.chunk_range(k);
         if out[..] != new[r.start as usize..r.end as usize] {
             return Err(Error::Zstd {

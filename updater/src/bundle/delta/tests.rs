@@ -113,14 +113,23 @@ fn params() -> Params {
     }
 }
 
-/// What a device does: every chunk made from the base and the stored bytes, independently of
-/// the builder's own check.
+/// What a device does: every chunk made from the base, the stored bytes and what it made
+/// before, independently of the builder's own check.
 fn apply(image: &Image, old: &[u8], stored: &[Vec<u8>]) -> Vec<u8> {
     let mut decoder = Decoder::new().unwrap();
     let (mut window, mut out, mut image_bytes) = (Vec::new(), Vec::new(), Vec::new());
     for (k, bytes) in stored.iter().enumerate() {
+        let made = image_bytes.as_slice();
         decoder
-            .make(image, k, bytes, Some(&old), &mut window, &mut out)
+            .make(
+                image,
+                k,
+                bytes,
+                Some(&old),
+                Some(&made),
+                &mut window,
+                &mut out,
+            )
             .unwrap();
         assert_eq!(out.len() as u32, image.chunk_len(k));
         image_bytes.extend_from_slice(&out);
@@ -242,7 +251,43 @@ fn windows_stay_within_the_limits() {
     }
     let (image, _) = build("rootfs", &old, &new, &params()).unwrap();
     for c in &image.chunks {
-        assert!(extents_len(c.op.extents()) <= MAX_PATCH_WINDOW);
-        assert!(c.op.extents().len() <= MAX_OP_EXTENTS);
+        let (base, target) = (c.op.extents(), c.op.target_extents());
+        assert!(extents_len(base) + extents_len(target) <= MAX_PATCH_WINDOW);
+        assert!(base.len() + target.len() <= MAX_OP_EXTENTS);
     }
+}
+
+#[test]
+fn new_data_repeated_in_the_new_image_is_stored_once() {
+    // Bytes the base does not have, twice in the new image with base data between them: the
+    // second time they are patched against the new image's own earlier bytes.
+    let old = old_image(1_000_000, 13);
+    let fresh = noise(150_000, 99);
+    let mut new = old[..200_000].to_vec();
+    new.extend_from_slice(&fresh);
+    new.extend_from_slice(&old[200_000..400_000]);
+    new.extend_from_slice(&fresh);
+    new.extend_from_slice(&old[400_000..600_000]);
+    let (image, stored) = build("rootfs", &old, &new, &params()).unwrap();
+    let image = reparsed(&image);
+    assert_eq!(apply(&image, &old, &stored), new);
+    let reading = image
+        .chunks
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| !c.op.target_extents().is_empty())
+        .inspect(|(k, c)| {
+            for e in c.op.target_extents() {
+                assert!(e.offset >= u64::from(CS), "chunk {k} reads the first chunk");
+                assert!(e.offset + e.len <= image.chunk_range(*k).start, "chunk {k}");
+            }
+        })
+        .count();
+    assert!(reading >= 2, "{reading} chunks read the new image");
+    assert!(
+        stored_len(&stored) < fresh.len() * 5 / 4,
+        "delta stores {} bytes for {} new ones, repeated",
+        stored_len(&stored),
+        fresh.len()
+    );
 }

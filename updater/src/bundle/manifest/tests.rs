@@ -725,6 +725,38 @@ fn a_delta_manifest_parses_and_spells_back_canonically() {
 }
 
 #[test]
+fn a_patch_reads_the_images_own_earlier_bytes_within_the_window() {
+    let cs = u64::from(CS);
+    let mut v = delta_sample();
+    v["images"][0]["chunks"][2] = json!({
+        "op": "patch", "extents": [[0, cs]], "target_extents": [[cs, cs / 2], [cs + 10, 5]],
+        "base_sha256": hex64(4), "stored": 100, "sha256": hex64(5), "out_sha256": hex64(6)
+    });
+    let m = Manifest::parse(v.to_string().as_bytes()).unwrap();
+    let op = &m.images[0].chunks[2].op;
+    assert_eq!(op.target_extents().len(), 2);
+    assert!(m.images[0].reads_target());
+    let json = String::from_utf8(m.to_canonical_json()).unwrap();
+    assert!(
+        json.contains(&format!(
+            "\"extents\":[[0,{cs}]],\"target_extents\":[[{cs},{}],[{},5]],\"base_sha256\"",
+            cs / 2,
+            cs + 10
+        )),
+        "{json}"
+    );
+    assert_eq!(Manifest::parse(json.as_bytes()).unwrap(), m);
+    // Base and target bytes share the window's limit.
+    v["images"][0]["base_size"] = json!(MAX_PATCH_WINDOW);
+    v["images"][0]["chunks"][2]["extents"] = json!([[0, MAX_PATCH_WINDOW - cs / 2 + 1]]);
+    let e = Manifest::parse(v.to_string().as_bytes()).unwrap_err();
+    assert!(
+        e.to_string().contains("base and target extents hold"),
+        "{e}"
+    );
+}
+
+#[test]
 fn delta_rules_each_refused_with_their_own_message() {
     let cs = u64::from(CS);
     type Edit = fn(&mut Value, u64);
@@ -850,6 +882,34 @@ fn delta_rules_each_refused_with_their_own_message() {
                     .remove("out_sha256");
             },
             "chunks[1].out_sha256",
+        ),
+        (
+            "target extents on a copy",
+            |v, cs| {
+                v["images"][0]["chunks"][0]["target_extents"] = json!([[cs, 1]]);
+            },
+            "chunks[0].target_extents",
+        ),
+        (
+            "empty target extents",
+            |v, _| {
+                v["images"][0]["chunks"][1]["target_extents"] = json!([]);
+            },
+            "target_extents list is empty",
+        ),
+        (
+            "target extent in the first chunk (held back by a device)",
+            |v, _| {
+                v["images"][0]["chunks"][1]["target_extents"] = json!([[0, 10]]);
+            },
+            "not between the end of the first chunk",
+        ),
+        (
+            "target extent not before its chunk",
+            |v, cs| {
+                v["images"][0]["chunks"][1]["target_extents"] = json!([[cs, 1]]);
+            },
+            "and the start of this one (65536)",
         ),
         (
             "extent not a pair",
