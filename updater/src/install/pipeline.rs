@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -263,27 +263,27 @@ fn write_in_order(
     let mut stage = Stage::new()?;
     let mut pending: BTreeMap<usize, Result<Vec<u8>>> = BTreeMap::new();
     let mut since_sync: u64 = 0;
-    // The image of the chunk written last, if a later patch may read that image back.
-    let mut read_back: Option<usize> = None;
     for (seq, &(i, k)) in work.iter().enumerate() {
+        // A patch that reads back its image's bytes still staged here would wait for them
+        // forever: they go to the disk before the writer waits for that chunk. Decided by
+        // the manifest alone, so a run's writes are the same every time.
+        let reads_to = manifest.images[i].chunks[k]
+            .op
+            .target_extents()
+            .iter()
+            .map(|e| e.offset + e.len)
+            .max();
+        if stage.len > 0 && reads_to.is_some_and(|end| end > stage.on_disk()) {
+            stage.flush(&devices[i])?;
+            sources.written.advance(i, stage.on_disk());
+        }
         let data = loop {
             if let Some(d) = pending.remove(&seq) {
                 break d?;
             }
-            let stopped = || anyhow!("the bundle reader stopped before chunk {k} of image {i}");
-            let (s, d) = match decoded_rx.try_recv() {
-                Ok(next) => next,
-                Err(TryRecvError::Disconnected) => return Err(stopped()),
-                Err(TryRecvError::Empty) => {
-                    // About to wait: the decoder of the next chunk may be waiting for staged
-                    // bytes it reads back, so they go to the disk first.
-                    if let Some(j) = read_back {
-                        stage.flush(&devices[j])?;
-                        sources.written.advance(j, stage.on_disk());
-                    }
-                    decoded_rx.recv().map_err(|_| stopped())?
-                }
-            };
+            let (s, d) = decoded_rx
+                .recv()
+                .map_err(|_| anyhow!("the bundle reader stopped before chunk {k} of image {i}"))?;
             pending.insert(s, d);
         };
         let image = &manifest.images[i];
@@ -297,8 +297,7 @@ fn write_in_order(
         } else {
             stage.push(device, range.start, &data)?;
         }
-        read_back = sources.targets.get(i).and_then(Option::as_ref).map(|_| i);
-        if read_back.is_some() {
+        if sources.targets.get(i).is_some_and(Option::is_some) {
             sources.written.advance(i, stage.on_disk());
         }
         since_sync += data.len() as u64;
@@ -366,7 +365,8 @@ impl Stage {
         Ok(())
     }
 
-    /// Where the device's copy of what was pushed ends: what is still staged is not there.
+    /// Where the device's copy of what was pushed ends, in the image of the last push: what
+    /// is still staged is not there.
     fn on_disk(&self) -> u64 {
         self.start
     }
