@@ -308,7 +308,7 @@ fn widest_delta(f: &Fixture, base: &[u8], new: &[u8]) -> std::path::PathBuf {
     let (mut chunks, mut payload) = (Vec::new(), Vec::new());
     for (k, data) in new.chunks(cs).enumerate() {
         // Each chunk's window starts somewhere else, so no two decoders share one.
-        let own = if k >= 2 && k % 2 == 1 {
+        let own = if k >= 2 && k % 2 == 0 {
             ((k - 1) * cs).min(window as usize / 2)
         } else {
             0

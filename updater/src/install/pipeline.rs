@@ -263,19 +263,26 @@ fn write_in_order(
     let mut stage = Stage::new()?;
     let mut pending: BTreeMap<usize, Result<Vec<u8>>> = BTreeMap::new();
     let mut since_sync: u64 = 0;
+    // The image the stage's position is in: the last one pushed.
+    let mut staged_image: Option<usize> = None;
     for (seq, &(i, k)) in work.iter().enumerate() {
         // A patch that reads back its image's bytes still staged here would wait for them
-        // forever: they go to the disk before the writer waits for that chunk. Decided by
-        // the manifest alone, so a run's writes are the same every time.
+        // forever: they go to the disk, and the decoders learn how far the disk holds the
+        // image (a checkpoint may have flushed more), before the writer waits for that
+        // chunk. Decided by the manifest alone, so a run's writes are the same every time.
         let reads_to = manifest.images[i].chunks[k]
             .op
             .target_extents()
             .iter()
             .map(|e| e.offset + e.len)
             .max();
-        if stage.len > 0 && reads_to.is_some_and(|end| end > stage.on_disk()) {
-            stage.flush(&devices[i])?;
-            sources.written.advance(i, stage.on_disk());
+        if let Some(end) = reads_to {
+            if stage.len > 0 && end > stage.on_disk() {
+                stage.flush(&devices[i])?;
+            }
+            if staged_image == Some(i) {
+                sources.written.advance(i, stage.on_disk());
+            }
         }
         let data = loop {
             if let Some(d) = pending.remove(&seq) {
@@ -297,6 +304,7 @@ fn write_in_order(
         } else {
             stage.push(device, range.start, &data)?;
         }
+        staged_image = Some(i);
         if sources.targets.get(i).is_some_and(Option::is_some) {
             sources.written.advance(i, stage.on_disk());
         }

@@ -182,11 +182,11 @@ impl Written {
         self.stopped.store(false, Ordering::Relaxed);
     }
 
-    /// Image `i` is on its target up to `end`.
+    /// Image `i` is on its target up to `end` (or further, as known before).
     pub fn advance(&self, i: usize, end: u64) {
         if let Ok(mut e) = self.ends.lock() {
             if let Some(at) = e.get_mut(i) {
-                *at = end;
+                *at = (*at).max(end);
             }
         }
         self.moved.notify_all();
