@@ -329,12 +329,13 @@ pub enum BundleOp {
         slot holds (the base): each chunk is then zeros, a copy of base bytes found anywhere \
         in the base, a zstd frame patched against a window of base bytes (at most 8 MiB: \
         for ext4 images, the old version of each file the chunk holds, paired by path or by \
-        path with its version numbers changed), or plain data. Devices holding that base \
+        path with its version numbers changed; and the new image's own earlier bytes where \
+        they repeat), or plain data. Devices holding that base \
         download only what changed; a device whose slot does not match the base refuses \
         the delta before writing anything (or completes it from a full bundle given with \
         `abup install --fallback`). Building a delta reads both images into memory and \
         compresses at level 19 by default: for a pair of 1.5 GiB ext4 root filesystems it \
-        takes 3.5 to 4.1 GiB of memory and 1.5 to 5.5 minutes on two cores, depending on \
+        takes 3.7 to 4.3 GiB of memory and 1.5 to 6 minutes on two cores, depending on \
         how much changed (see the README's performance section). Build the base from exactly the image the devices were \
         given; a delta checks every byte it reads from the base.")]
     Create(CreateArgs),
