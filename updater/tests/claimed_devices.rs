@@ -173,11 +173,7 @@ fn without_proc_the_target_is_not_assumed_free() {
         .env("ABUP_PROC_CMDLINE", &f.cmdline)
         .output()
         .unwrap();
-    let out = Output {
-        code: out.status.code(),
-        stdout: out.stdout,
-        stderr: out.stderr,
-    };
+    let out = Output::from(out);
     out.assert_refused(&[
         &format!("cannot tell whether {} is mounted", dev.0),
         "mount /proc first",

@@ -41,22 +41,12 @@ impl ReadAt for &[u8] {
     }
 }
 
-/// Reads `extents` of `base`, concatenated, into `buf` (replacing its contents) and checks
-/// them against `expected`. A mismatch is [`Error::BaseMismatch`]: the base is not the one
-/// the delta was built against, at least not there.
+/// Reads `extents` of `base`, concatenated, into `buf` after its first `from` bytes (which
+/// stay; the rest is replaced) and checks them against `expected`. A mismatch is
+/// [`Error::BaseMismatch`]: the base is not the one the delta was built against, at least
+/// not there.
+#[allow(clippy::too_many_arguments)]
 pub fn read_base(
-    image: &Image,
-    k: usize,
-    base: &dyn ReadAt,
-    extents: &[Extent],
-    expected: &[u8; 32],
-    buf: &mut Vec<u8>,
-) -> Result<()> {
-    read_base_after(image, k, base, extents, expected, buf, 0)
-}
-
-/// [`read_base`] into `buf` after its first `from` bytes, which stay.
-fn read_base_after(
     image: &Image,
     k: usize,
     base: &dyn ReadAt,
@@ -190,7 +180,7 @@ impl Decoder {
                 slot_class: image.slot_class.clone(),
             }),
             (Op::Copy { extents, sha256 }, Some(base)) => {
-                read_base(image, k, base, extents, sha256, out)
+                read_base(image, k, base, extents, sha256, out, 0)
             }
             (
                 Op::Patch {
@@ -204,7 +194,7 @@ impl Decoder {
                 .and_then(|()| read_target(image, target, target_extents, window))
                 .and_then(|()| {
                     let from = window.len();
-                    read_base_after(image, k, base, extents, base_sha256, window, from)
+                    read_base(image, k, base, extents, base_sha256, window, from)
                 })
                 .and_then(|()| self.patch(image, k, stored, window, out, out_sha256)),
         };

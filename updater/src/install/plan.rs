@@ -326,7 +326,7 @@ fn check_bases(
         let (Some(expected), Some(Some(base))) = (op.base_sha256(), sources.bases.get(i)) else {
             continue;
         };
-        match bundle::read_base(image, k, base, op.extents(), expected, &mut buf) {
+        match bundle::read_base(image, k, base, op.extents(), expected, &mut buf, 0) {
             Ok(()) => {}
             Err(bundle::Error::BaseMismatch { .. } | bundle::Error::BaseRead { .. }) => {
                 report.from_base -= reads((i, k));

@@ -315,12 +315,7 @@ impl Fixture {
             .unwrap()
             .write_all(&std::fs::read(bundle).unwrap())
             .unwrap();
-        let out = child.wait_with_output().unwrap();
-        Output {
-            code: out.status.code(),
-            stdout: out.stdout,
-            stderr: out.stderr,
-        }
+        child.wait_with_output().unwrap().into()
     }
 
     /// `abup install BUNDLE` under `/usr/bin/time`: its output, and its peak resident memory
@@ -333,11 +328,7 @@ impl Fixture {
             .env("ABUP_PROC_CMDLINE", &self.cmdline)
             .output()
             .unwrap();
-        let out = Output {
-            code: out.status.code(),
-            stdout: out.stdout,
-            stderr: out.stderr,
-        };
+        let out = Output::from(out);
         let err = out.stderr_text();
         let kib: u64 = err
             .lines()

@@ -14,6 +14,16 @@ pub struct Output {
     pub stderr: Vec<u8>,
 }
 
+impl From<std::process::Output> for Output {
+    fn from(out: std::process::Output) -> Output {
+        Output {
+            code: out.status.code(),
+            stdout: out.stdout,
+            stderr: out.stderr,
+        }
+    }
+}
+
 impl Output {
     pub fn stdout_text(&self) -> String {
         String::from_utf8_lossy(&self.stdout).into_owned()
@@ -81,12 +91,7 @@ pub fn abup_with(args: &[&str], env: &[(&str, &OsStr)]) -> Output {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().expect("running abup");
-    Output {
-        code: out.status.code(),
-        stdout: out.stdout,
-        stderr: out.stderr,
-    }
+    cmd.output().expect("running abup").into()
 }
 
 /// Fails the test, saying why, unless the `abup` under test obeys the fault-injection
