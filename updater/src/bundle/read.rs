@@ -229,6 +229,7 @@ pub fn verify_all<R: Read + ?Sized>(
     let mut hasher = Sha256::new();
     let mut unchecked = Vec::new();
     let mut rebuilt = Vec::new();
+    let reads_target: Vec<bool> = manifest.images.iter().map(|i| i.reads_target()).collect();
     for chunk in manifest.chunks() {
         let image = &manifest.images[chunk.image];
         read_stored(r, &chunk, verified.payload_offset, &mut stored)?;
@@ -250,7 +251,7 @@ pub fn verify_all<R: Read + ?Sized>(
                 &mut data,
             )?;
             hasher.update(&data);
-            if image.reads_target() {
+            if reads_target[chunk.image] {
                 rebuilt.extend_from_slice(&data);
             }
         } else if image.chunks[chunk.index].op == super::Op::Data {

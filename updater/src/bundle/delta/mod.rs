@@ -309,9 +309,7 @@ impl Ctx<'_> {
     /// The base bytes of `window`, concatenated.
     fn prefix(&self, window: &[Extent]) -> Vec<u8> {
         let mut prefix = Vec::with_capacity(extents_len(window) as usize);
-        for e in window {
-            prefix.extend_from_slice(&self.old[e.offset as usize..(e.offset + e.len) as usize]);
-        }
+        append(&mut prefix, self.old, window);
         prefix
     }
 
@@ -354,46 +352,48 @@ impl Ctx<'_> {
     ) -> Result<(Vec<Extent>, Vec<u8>)> {
         let first = u64::from(self.image.chunk_size);
         let room = MAX_PATCH_WINDOW.saturating_sub(base_prefix.len() as u64);
-        let end = start;
-        let from = end.saturating_sub(room).max(first);
-        if from >= end {
+        let from = start.saturating_sub(room).max(first);
+        if from >= start {
             return Ok((Vec::new(), base_prefix));
         }
-        let probe = |pieces: &[(u64, u64)]| -> Result<usize> {
-            let mut prefix = Vec::new();
-            for &(a, b) in pieces {
-                prefix.extend_from_slice(&self.new[a as usize..b as usize]);
-            }
+        let with = |target: &[Extent]| -> Vec<u8> {
+            let mut prefix = Vec::with_capacity(extents_len(target) as usize + base_prefix.len());
+            append(&mut prefix, self.new, target);
             prefix.extend_from_slice(&base_prefix);
-            Ok(compress(data, Some(&prefix), PROBE_LEVEL)?.len())
+            prefix
         };
-        let without = probe(&[])?;
-        if probe(&[(from, end)])? + TARGET_MIN_GAIN > without {
+        let pays = |target: &[Extent], without: usize| -> Result<bool> {
+            Ok(
+                compress(data, Some(&with(target)), PROBE_LEVEL)?.len() + TARGET_MIN_GAIN
+                    <= without,
+            )
+        };
+        let without = compress(data, Some(&base_prefix), PROBE_LEVEL)?.len();
+        let all = Extent {
+            offset: from,
+            len: start - from,
+        };
+        if !pays(&[all], without)? {
             return Ok((Vec::new(), base_prefix));
         }
         let mut kept: Vec<Extent> = Vec::new();
-        let mut at = from;
-        while at < end {
-            let to = (at + TARGET_PIECE).min(end);
-            if probe(&[(at, to)])? + TARGET_MIN_GAIN <= without {
-                match kept.last_mut() {
-                    Some(last) if last.offset + last.len == at => last.len += to - at,
-                    _ => kept.push(Extent {
-                        offset: at,
-                        len: to - at,
-                    }),
-                }
+        for offset in (from..start).step_by(TARGET_PIECE as usize) {
+            let piece = Extent {
+                offset,
+                len: TARGET_PIECE.min(start - offset),
+            };
+            if !pays(&[piece], without)? {
+                continue;
             }
-            at = to;
+            match kept.last_mut() {
+                Some(last) if last.offset + last.len == offset => last.len += piece.len,
+                _ => kept.push(piece),
+            }
         }
         if kept.is_empty() {
             return Ok((Vec::new(), base_prefix));
         }
-        let mut prefix = Vec::new();
-        for e in &kept {
-            prefix.extend_from_slice(&self.new[e.offset as usize..(e.offset + e.len) as usize]);
-        }
-        prefix.extend_from_slice(&base_prefix);
+        let prefix = with(&kept);
         Ok((kept, prefix))
     }
 
@@ -554,6 +554,13 @@ fn fit(wanted: Vec<(u64, u64)>, base_len: u64) -> Vec<Extent> {
         merged.sort_by_key(|e| e.offset);
     }
     merged
+}
+
+/// Appends the bytes of `image` at `extents` to `out`, in order.
+fn append(out: &mut Vec<u8>, image: &[u8], extents: &[Extent]) {
+    for e in extents {
+        out.extend_from_slice(&image[e.offset as usize..(e.offset + e.len) as usize]);
+    }
 }
 
 fn op_chunk(op: Op) -> Chunk {
