@@ -186,7 +186,12 @@ pub fn plan(
             None => None,
         });
         sources.targets.push(match image.reads_target() {
-            true => Some(target::open_base(&device.path)?),
+            true => Some(target::open_reader(&device.path).with_context(|| {
+                format!(
+                    "opening the target slot {} to read back what the delta's patches refer to",
+                    device.path.display()
+                )
+            })?),
             false => None,
         });
     }
@@ -263,7 +268,7 @@ pub fn plan(
 }
 
 /// The running slot's device of the delta image's class, opened read-only: the base.
-fn open_base(board: &Board, booted: SlotId, image: &bundle::Image) -> Result<target::BaseDevice> {
+fn open_base(board: &Board, booted: SlotId, image: &bundle::Image) -> Result<target::SlotReader> {
     let path = board
         .class_device(booted, &image.slot_class)
         .ok_or_else(|| {
@@ -272,7 +277,12 @@ fn open_base(board: &Board, booted: SlotId, image: &bundle::Image) -> Result<tar
                 image.slot_class, image.slot_class
             ))
         })?;
-    target::open_base(path)
+    target::open_reader(path).with_context(|| {
+        format!(
+            "opening the running slot {} to read the delta's base",
+            path.display()
+        )
+    })
 }
 
 /// Reads every base range a delta reads and checks it against its hash, before anything is

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use super::target::BaseDevice;
+use super::target::SlotReader;
 use crate::bundle::{self, Decoder, Extent, Image, Manifest, ReadAt};
 use crate::source::BundleReader;
 
@@ -222,7 +222,7 @@ impl Written {
 /// Image `image`'s target slot as far as the writer got: a read waits until its bytes are
 /// there, then reads them from the disk.
 struct SoFar<'a> {
-    device: &'a BaseDevice,
+    device: &'a SlotReader,
     written: &'a Written,
     image: usize,
 }
@@ -244,10 +244,10 @@ impl ReadAt for SoFar<'_> {
 #[derive(Debug, Default)]
 pub struct Sources {
     /// Per image: the running slot's device for a delta image, opened read-only.
-    pub bases: Vec<Option<BaseDevice>>,
+    pub bases: Vec<Option<SlotReader>>,
     /// Per image: its target slot read back (direct I/O), for a delta whose patches refer to
     /// the image's own earlier bytes.
-    pub targets: Vec<Option<BaseDevice>>,
+    pub targets: Vec<Option<SlotReader>>,
     pub written: Written,
     pub fallback: Option<Fallback>,
 }

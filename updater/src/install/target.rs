@@ -163,12 +163,14 @@ pub fn open(path: &Path) -> Result<Device> {
     })
 }
 
-/// The running slot's device, read as a delta's base: read-only, and with O_DIRECT when the
-/// device allows it. A mounted filesystem's metadata lives in the block device's page cache
-/// and the kernel changes it there without writing it (ext4 mounted read-only sets journal
-/// checksum features in its in-memory superblock), so a buffered read of the running slot
-/// can differ from what the medium holds, and from the image the delta was built against.
-pub struct BaseDevice {
+/// A slot read the way a delta reads it: read-only, and with O_DIRECT when the device allows
+/// it. That is the running slot, as a delta's base, and the target slot, read back for
+/// patches that refer to the new image's earlier bytes. A mounted filesystem's metadata lives
+/// in the block device's page cache and the kernel changes it there without writing it (ext4
+/// mounted read-only sets journal checksum features in its in-memory superblock), so a
+/// buffered read of the running slot can differ from what the medium holds, and from the
+/// image the delta was built against.
+pub struct SlotReader {
     pub path: PathBuf,
     file: File,
     direct: Option<File>,
@@ -177,9 +179,9 @@ pub struct BaseDevice {
     bounces: Mutex<Vec<memmap2::MmapMut>>,
 }
 
-impl std::fmt::Debug for BaseDevice {
+impl std::fmt::Debug for SlotReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BaseDevice")
+        f.debug_struct("SlotReader")
             .field("path", &self.path)
             .field("direct", &self.direct.is_some())
             .finish_non_exhaustive()
@@ -190,20 +192,16 @@ impl std::fmt::Debug for BaseDevice {
 /// memory beside the caller's buffer.
 const BASE_PIECE: usize = 1 << 20;
 
-pub fn open_base(path: &Path) -> Result<BaseDevice> {
-    let file = File::open(path).with_context(|| {
-        format!(
-            "opening the running slot {} to read the delta's base",
-            path.display()
-        )
-    })?;
+/// Opens `path` as a [`SlotReader`]; the caller says what for in the error's context.
+pub fn open_reader(path: &Path) -> std::io::Result<SlotReader> {
+    let file = File::open(path)?;
     let direct = OpenOptions::new()
         .read(true)
         .custom_flags(nix::fcntl::OFlag::O_DIRECT.bits())
         .open(path)
         .map_err(|e| log::debug!("{}: no direct I/O ({e})", path.display()))
         .ok();
-    Ok(BaseDevice {
+    Ok(SlotReader {
         path: path.to_owned(),
         file,
         direct,
@@ -216,7 +214,7 @@ pub fn open_base(path: &Path) -> Result<BaseDevice> {
 /// delta's copies are often runs of blocks with small holes between them.
 const BASE_GAP: u64 = 64 << 10;
 
-impl BaseDevice {
+impl SlotReader {
     /// Reads `range` of the base and hands it to `sink` in order, as (offset, bytes) pieces of
     /// at most [`BASE_PIECE`], straight from the direct-I/O buffer.
     fn read_span(
@@ -274,7 +272,7 @@ impl BaseDevice {
     }
 }
 
-impl crate::bundle::ReadAt for BaseDevice {
+impl crate::bundle::ReadAt for SlotReader {
     fn read_extents(&self, extents: &[Extent], buf: &mut [u8]) -> std::io::Result<()> {
         // Where each extent goes in `buf`, in the order of the base.
         let mut order: Vec<(u64, u64, usize)> = Vec::with_capacity(extents.len());
