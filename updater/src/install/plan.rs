@@ -305,16 +305,22 @@ fn check_bases(
         })
         .map(|c| (c.image, c.index))
         .collect();
+    let reads =
+        |(i, k): (usize, usize)| bundle::extents_len(manifest.images[i].chunks[k].op.extents());
     let checked: Vec<(usize, usize)> = if every || readers.len() <= BASE_SAMPLE {
         readers
     } else {
-        // Evenly spread, the first and the last included.
+        // The cheapest read of each of BASE_SAMPLE even stretches of the image: spread over
+        // the whole base, and a few megabytes instead of as many full windows (whose reads
+        // all come again as the chunks are written).
         (0..BASE_SAMPLE)
-            .map(|j| readers[j * (readers.len() - 1) / (BASE_SAMPLE - 1)])
+            .filter_map(|j| {
+                let stretch =
+                    j * readers.len() / BASE_SAMPLE..(j + 1) * readers.len() / BASE_SAMPLE;
+                readers[stretch].iter().copied().min_by_key(|&c| reads(c))
+            })
             .collect()
     };
-    let reads =
-        |(i, k): (usize, usize)| bundle::extents_len(manifest.images[i].chunks[k].op.extents());
     let total: u64 = checked.iter().map(|&c| reads(c)).sum();
     if manifest.images.iter().any(|i| i.kind.base().is_some()) {
         progress.phase("base", total);
@@ -352,7 +358,7 @@ fn check_bases(
 }
 
 /// Base-reading chunks an install checks before it writes, when it does not check them all.
-const BASE_SAMPLE: usize = 64;
+const BASE_SAMPLE: usize = 16;
 
 /// A base that stopped matching while the install wrote (it changed, or only the sample was
 /// checked before): the one line naming the base the delta needs and what the running slot
