@@ -533,6 +533,78 @@ fn the_base_is_read_from_the_medium_not_from_a_mounted_filesystems_cache() {
     assert_eq!(f.slot("A"), v1, "the running slot was only read");
 }
 
+/// A delta's zero chunks are zeroed by the device (fallocate on the block device: the
+/// device's write-zeroes, or the kernel's zero page), not sent through the write path; where
+/// a slot cannot (a file on tmpfs), they are written as zeros. Either way slot B held other
+/// data before, and the read-back finds exactly the new image.
+#[test]
+fn zero_chunks_are_zeroed_on_the_target_whatever_it_held() {
+    if !(common::is_root() && common::have("losetup")) {
+        return;
+    }
+    for on_loop in [true, false] {
+        let f = if on_loop {
+            Fixture::new(SLOT, "")
+        } else {
+            Fixture::in_memory(SLOT, "")
+        };
+        let new = next_release(&f.slot("A"));
+        let d = f.delta_bundle("delta.abup", &f.slot("A"), &new, "2.0");
+        let zeros = manifest(&d).images[0]
+            .chunks
+            .iter()
+            .filter(|c| c.op == abup::bundle::Op::Zero)
+            .count();
+        assert!(zeros >= 2, "the delta has a run of zero chunks ({zeros})");
+        std::fs::write(f.t.path("slot-b"), image(SLOT as usize, 7)).unwrap();
+        let _attached = on_loop.then(|| {
+            let dev = common::run_ok(
+                "losetup",
+                &["-f", "--show", f.t.path("slot-b").to_str().unwrap()],
+            )
+            .trim()
+            .to_string();
+            let board = std::fs::read_to_string(&f.board)
+                .unwrap()
+                .replace(&format!("{:?}", f.t.path("slot-b")), &format!("{dev:?}"));
+            std::fs::write(&f.board, board).unwrap();
+            Attached(dev)
+        });
+        let out = install(&f, &d, &["-vv"]);
+        out.success();
+        let zeroed = durable_writes(&out)
+            .iter()
+            .filter(|w| w.contains(" zeroed at "))
+            .count();
+        if on_loop {
+            assert!(
+                zeroed >= 1,
+                "no range was zeroed by the device: {}",
+                out.stderr_text()
+            );
+        } else {
+            assert_eq!(zeroed, 0, "tmpfs cannot zero a range");
+        }
+        assert_eq!(f.status()["next_boot"], "B");
+        assert_eq!(
+            &f.slot("B")[..new.len()],
+            &new[..],
+            "B holds exactly the new image"
+        );
+    }
+}
+
+/// A loop device, detached when the test ends.
+struct Attached(String);
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
 /// The running slot changes after the install checked it (or where only a sample was
 /// checked): the chunk that reads it fails its hash while the install writes, and the
 /// install stops there, before activating anything, with the same one line naming the base

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use super::progress::Progress;
 use super::sources::Sources;
-use super::target::{aligned_buffer, Device};
+use super::target::{aligned_buffer, Device, ALIGN};
 use super::{CHECKPOINT_BYTES, FIRST_BLOCK};
 use crate::bundle::{self, Manifest};
 use crate::source::BundleReader;
@@ -277,7 +277,7 @@ fn write_in_order(
             .map(|e| e.offset + e.len)
             .max();
         if let Some(end) = reads_to {
-            if stage.len > 0 && end > stage.on_disk() {
+            if !stage.is_empty() && end > stage.on_disk() {
                 stage.flush(&devices[i])?;
             }
             if staged_image == Some(i) {
@@ -301,6 +301,8 @@ fn write_in_order(
             let held = (FIRST_BLOCK - range.start).min(data.len() as u64) as usize;
             state.hold_block(i, &data[..held])?;
             stage.push(device, range.start + held as u64, &data[held..])?;
+        } else if image.chunks[k].op == bundle::Op::Zero {
+            stage.push_zeros(device, range.start, data.len() as u64)?;
         } else {
             stage.push(device, range.start, &data)?;
         }
@@ -328,11 +330,14 @@ fn write_in_order(
     Ok(())
 }
 
-/// Contiguous chunk data gathered into one aligned buffer, written in [`STAGE`] pieces.
+/// Contiguous chunk data gathered into one aligned buffer, written in [`STAGE`] pieces; or a
+/// run of a delta's zero chunks, which the device zeros itself without being sent them (on
+/// a root filesystem image, often more than a third of the slot).
 struct Stage {
     buf: memmap2::MmapMut,
     start: u64,
     len: usize,
+    zeros: u64,
 }
 
 impl Stage {
@@ -341,10 +346,18 @@ impl Stage {
             buf: aligned_buffer(STAGE)?,
             start: 0,
             len: 0,
+            zeros: 0,
         })
     }
 
+    fn is_empty(&self) -> bool {
+        self.len == 0 && self.zeros == 0
+    }
+
     fn push(&mut self, device: &Device, mut at: u64, mut data: &[u8]) -> Result<()> {
+        if self.zeros > 0 {
+            self.flush(device)?;
+        }
         while !data.is_empty() {
             if self.len > 0 && at != self.start + self.len as u64 {
                 self.flush(device)?;
@@ -364,11 +377,45 @@ impl Stage {
         Ok(())
     }
 
+    fn push_zeros(&mut self, device: &Device, at: u64, len: u64) -> Result<()> {
+        if self.len > 0 || (self.zeros > 0 && at != self.start + self.zeros) {
+            self.flush(device)?;
+        }
+        if self.zeros == 0 {
+            self.start = at;
+        }
+        self.zeros += len;
+        Ok(())
+    }
+
     fn flush(&mut self, device: &Device) -> Result<()> {
         if self.len > 0 {
             device.write_aligned(self.start, &self.buf[..self.len])?;
             self.start += self.len as u64;
             self.len = 0;
+        }
+        if self.zeros > 0 {
+            let whole = self.zeros / ALIGN * ALIGN;
+            let zeroed = match device.zero_out(self.start, whole) {
+                Ok(()) => whole,
+                Err(e) => {
+                    log::debug!(
+                        "{}: cannot zero a range ({e}); writing zeros",
+                        device.path.display()
+                    );
+                    0
+                }
+            };
+            self.start += zeroed;
+            self.zeros -= zeroed;
+            // What the device could not zero (tmpfs, an unaligned end) is written as zeros.
+            while self.zeros > 0 {
+                let n = (self.zeros as usize).min(STAGE);
+                self.buf[..n].fill(0);
+                device.write_aligned(self.start, &self.buf[..n])?;
+                self.start += n as u64;
+                self.zeros -= n as u64;
+            }
         }
         Ok(())
     }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
-use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+use nix::fcntl::{fallocate, posix_fadvise, FallocateFlags, PosixFadviseAdvice};
 
 use crate::bundle::Extent;
 
@@ -352,6 +352,33 @@ impl Device {
         if direct_len < data.len() {
             self.write_at(offset + direct_len as u64, &data[direct_len..])?;
         }
+        Ok(())
+    }
+
+    /// Zeros `len` bytes at `offset` (both multiples of [`ALIGN`]) without sending them: a
+    /// block device does it itself where it can (write-zeroes) or the kernel writes its zero
+    /// page, and a file-backed slot gets an unwritten extent. Like a direct write, it is on
+    /// the medium after the next [`Device::sync`]. Fails where neither is possible (tmpfs);
+    /// the caller then writes zeros.
+    pub fn zero_out(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        if offset % ALIGN != 0 || len % ALIGN != 0 {
+            return Err(std::io::ErrorKind::InvalidInput.into());
+        }
+        let (Ok(at), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(std::io::ErrorKind::InvalidInput.into());
+        };
+        crate::failpoint::unsynced_write(&self.file, offset, len as usize);
+        // On a block device this is BLKZEROOUT's operation (Linux 4.9 and later).
+        fallocate(
+            &self.file,
+            FallocateFlags::FALLOC_FL_ZERO_RANGE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            at,
+            n,
+        )?;
+        crate::failpoint::wrote(&format!(
+            "{} zeroed at {offset} ({len} bytes)",
+            self.path.display()
+        ));
         Ok(())
     }
 
