@@ -83,6 +83,8 @@ pub struct Board {
     /// are the script the bootloader runs. Only the build of a board image reads them.
     pub script: Vec<PathBuf>,
     pub install: InstallConfig,
+    /// The disk's partitions, for provisioning; empty when the board file has none.
+    pub layout: Vec<crate::disk::layout::Partition>,
 }
 
 /// How installs run on this board.
@@ -106,6 +108,8 @@ struct File {
     slot: Vec<SlotSection>,
     #[serde(default)]
     install: InstallSection,
+    #[serde(default)]
+    partition: Vec<crate::disk::layout::PartitionSection>,
 }
 
 #[derive(Deserialize, Default)]
@@ -221,6 +225,7 @@ impl Board {
         });
         let names: Vec<&str> = file.slot.iter().map(|s| s.name.as_str()).collect();
         let slots = Slots::new(&names, tries, scheme).map_err(|e| invalid(e.to_string()))?;
+        let layout = crate::disk::layout::parse(file.partition, &names).map_err(invalid)?;
 
         let bootloader = match bl.kind {
             BootloaderKind::Grub => {
@@ -349,6 +354,7 @@ impl Board {
                 post_install: install.post_install,
                 post_install_mount: install.post_install_mount,
             },
+            layout,
         })
     }
 
@@ -543,7 +549,8 @@ device = "/dev/b"
         }
     }
 
-    /// Every board shipped in board-configs/ parses.
+    /// Every board shipped in board-configs/ parses and lays out its disk: each slot has a
+    /// partition, and a slot device named by partition label names that partition.
     #[test]
     fn shipped_boards_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../board-configs");
@@ -556,6 +563,16 @@ device = "/dev/b"
                     Some(b.name.as_str()),
                     p.parent().unwrap().file_name().unwrap().to_str()
                 );
+                for (slot, device) in b.slots.names().iter().zip(&b.devices) {
+                    let part = b
+                        .layout
+                        .iter()
+                        .find(|l| l.slot.as_deref() == Some(slot.as_str()))
+                        .unwrap_or_else(|| panic!("{}: slot {slot} has no partition", b.name));
+                    if let Ok(label) = device.strip_prefix("/dev/disk/by-partlabel") {
+                        assert_eq!(label, Path::new(&part.name), "{}", b.name);
+                    }
+                }
                 n += 1;
             }
         }

@@ -16,6 +16,7 @@ pub mod bundle_cmd;
 pub mod cli;
 #[cfg(feature = "device")]
 pub mod commands;
+pub mod disk;
 #[cfg(feature = "device")]
 pub mod exit;
 #[cfg(feature = "device")]
@@ -30,3 +31,5 @@ pub mod slotstate;
 pub mod source;
 #[cfg(feature = "device")]
 pub mod state;
+#[cfg(test)]
+mod test_tools;

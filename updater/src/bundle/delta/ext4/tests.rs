@@ -2,61 +2,15 @@
 //! made from as the truth, and against damaged copies of such an image.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ffi::OsString;
 use std::fs::{self, File};
 use std::os::unix::fs::{symlink, FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use super::{block_size, files, FileMap};
+use crate::test_tools::{have, run, run_status};
 
 const MIB: u64 = 1 << 20;
-
-/// e2fsprogs installs into /sbin, which is not on every user's PATH.
-fn search_path() -> OsString {
-    let mut path = std::env::var_os("PATH").unwrap_or_default();
-    path.push(":/usr/sbin:/sbin");
-    path
-}
-
-/// Whether the tools are installed, with the crate's rule: outside CI a test without them says
-/// `skipping: ...` and passes; in CI (`CI` set) it fails, so a missing tool cannot turn the
-/// cross-check into a silent pass.
-fn have(tools: &[&str]) -> bool {
-    let path = search_path();
-    for tool in tools {
-        if !std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()) {
-            let why = format!("{tool} is not installed (e2fsprogs)");
-            assert!(
-                std::env::var_os("CI").is_none_or(|ci| ci.is_empty()),
-                "{why}; CI is set, so the test fails instead of skipping"
-            );
-            eprintln!("skipping: {why}");
-            return false;
-        }
-    }
-    true
-}
-
-fn run_status(tool: &str, args: &[&str], ok: &[i32]) -> String {
-    let out = Command::new(tool)
-        .args(args)
-        .env("PATH", search_path())
-        .output()
-        .unwrap_or_else(|e| panic!("{tool}: {e}"));
-    assert!(
-        out.status.code().is_some_and(|code| ok.contains(&code)),
-        "{tool} {args:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn run(tool: &str, args: &[&str]) -> String {
-    run_status(tool, args, &[0])
-}
 
 fn debugfs(image: &Path, request: &str) -> String {
     run("debugfs", &["-R", request, path_str(image)])

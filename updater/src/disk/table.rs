@@ -1,0 +1,64 @@
+//! A board's layout written as a GPT (with the `gpt` crate): the protective MBR, the primary
+//! header and entries at the front, the backup copy at the end, CRCs over both.
+
+use std::fs::File;
+
+use anyhow::{Context, Result};
+use gpt::disk::LogicalBlockSize;
+use gpt::partition_types::{OperatingSystem, Type};
+
+use super::layout::{Partition, Placed, SECTOR};
+
+/// Writes a new partition table for `parts` at `placed` over whatever `disk` held there,
+/// and syncs it. A cut leaves a table that is whole, torn (the primary or the backup
+/// invalid, which every GPT reader repairs from the other) or the old one: provisioning
+/// writes it again when it runs again.
+pub fn write(disk: &File, parts: &[Partition], placed: &[Placed]) -> Result<()> {
+    let blocks = size(disk)? / SECTOR;
+    let mbr = gpt::mbr::ProtectiveMBR::with_lb_size(
+        u32::try_from(blocks.saturating_sub(1)).unwrap_or(u32::MAX),
+    );
+    let mut device = disk;
+    mbr.overwrite_lba0(&mut device)
+        .context("writing the protective MBR")?;
+    let mut table = gpt::GptConfig::new()
+        .writable(true)
+        .logical_block_size(LogicalBlockSize::Lb512)
+        .create_from_device(device, None)
+        .context("creating the GPT headers")?;
+    for (i, (p, at)) in parts.iter().zip(placed).enumerate() {
+        let guid = uuid::Uuid::parse_str(&p.type_guid)
+            .with_context(|| format!("partition {}: type {}", p.name, p.type_guid))?;
+        let kind = Type {
+            guid,
+            os: OperatingSystem::None,
+        };
+        table
+            .add_partition_at(
+                &p.name,
+                (i + 1) as u32,
+                at.first_lba,
+                at.last_lba + 1 - at.first_lba,
+                kind,
+                0,
+            )
+            .with_context(|| format!("adding partition {} to the GPT", p.name))?;
+    }
+    table
+        .write_inplace()
+        .context("writing the GPT (primary and backup)")?;
+    disk.sync_all().context("syncing the partition table")?;
+    crate::failpoint::wrote("the partition table");
+    Ok(())
+}
+
+/// A disk image's or a block device's size: its end, as seeking there finds it.
+pub fn size(disk: &File) -> Result<u64> {
+    use std::io::Seek;
+    let mut d = disk;
+    d.seek(std::io::SeekFrom::End(0))
+        .context("finding the disk's size")
+}
+
+#[cfg(test)]
+mod tests;
