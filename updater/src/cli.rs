@@ -127,6 +127,26 @@ pub enum Command {
     )]
     Install(InstallArgs),
 
+    /// Lay out a blank disk as the board describes it and write the first image.
+    #[command(
+        long_about = "Lay out a blank disk as the board describes it and write the \
+        first image.\n\n\
+        For the factory. DISK is a block device or an image file (created at the size the \
+        layout needs when it does not exist and has no \"rest\" partition). abup writes a GPT \
+        with the board's [[partition]] tables (board.toml), creates their vfat and ext4 \
+        filesystems, writes BUNDLE's image into the first slot (every slot with --both) \
+        through the install's verified pipeline and records its version in the state \
+        directory, and creates the bootloader environment with the first slot first and \
+        confirmed. Partitions are reached through loop devices over their ranges of DISK and \
+        the filesystems mounted in a temporary directory, so it needs root.\n\n\
+        A disk that holds a partition table or a filesystem is refused (exit status 4) \
+        unless --force. Cut at any point (power, kill), the same command finishes the job: a \
+        disk whose table is exactly the board's layout is taken for one it started, and its \
+        journal in the state directory says where it stopped. On a disk it finished, it \
+        changes nothing and says so. Ends with one line, or one JSON object with --json."
+    )]
+    Provision(ProvisionArgs),
+
     /// Make an ed25519 key pair for signing bundles.
     #[command(long_about = "Make an ed25519 key pair for signing bundles.\n\n\
         Both are PEM files (PKCS#8 and SPKI), readable by `openssl pkey`. Keep the secret key \
@@ -176,6 +196,39 @@ pub enum Command {
         A write to an environment that cannot be read fails and changes nothing: abup never \
         replaces a damaged environment with defaults. Use `create` to make a new one.")]
     Env(EnvArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProvisionArgs {
+    /// The disk: a block device or an image file.
+    #[arg(long, value_name = "DEV|FILE")]
+    pub disk: PathBuf,
+
+    /// The bundle whose image the first slot gets: a file, - or an http(s) URL. Without
+    /// it, the disk is laid out and the environment created, and the slots stay empty.
+    #[arg(value_name = "BUNDLE")]
+    pub bundle: Option<String>,
+
+    /// Write the image into every slot, not only the first.
+    #[arg(long)]
+    pub both: bool,
+
+    /// Overwrite a disk that holds partitions or filesystems, and start over on one an
+    /// earlier run began.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Print one JSON object (with a "version" field) instead of the summary line.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Check the bundle against this keyring directory instead of the board's.
+    #[arg(long, value_name = "DIR")]
+    pub keyring: Option<PathBuf>,
+
+    /// How to show the image write's progress (as for install).
+    #[arg(long, value_enum, default_value_t = crate::install::ProgressMode::Auto)]
+    pub progress: crate::install::ProgressMode,
 }
 
 /// Which slot a mark command acts on.

@@ -34,6 +34,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::MarkActive(s) => mark(&load_board(&cli.config)?, Mark::Active, &s.slot),
         Command::Env(args) => env(&cli.config, args),
         Command::Install(args) => install(&load_board(&cli.config)?, args),
+        Command::Provision(args) => provision(&cli.config, args),
         Command::Keygen { secret, public } => crate::bundle_cmd::keygen(&secret, &public),
         Command::Bundle(op) => crate::bundle_cmd::run(op),
         Command::Generate(op) => generate(op),
@@ -565,6 +566,34 @@ fn install(board: &Board, args: InstallArgs) -> Result<Outcome> {
             if done.resumed { " (resumed)" } else { "" },
             board.slots.tries()
         );
+    }
+    Ok(Outcome::Done)
+}
+
+fn provision(config: &Path, args: crate::cli::ProvisionArgs) -> Result<Outcome> {
+    let board = load_board(config)?;
+    let board_dir = config.parent().unwrap_or(Path::new("."));
+    let opts = crate::provision::disk::Options {
+        disk: args.disk,
+        bundle: args.bundle.as_deref().map(Source::parse),
+        both: args.both,
+        force: args.force,
+        keyring: args.keyring,
+        retry: Retry {
+            attempts: 5,
+            first_wait: std::time::Duration::from_secs(1),
+        },
+        progress: if args.json {
+            crate::install::ProgressMode::None
+        } else {
+            args.progress
+        },
+    };
+    let summary = crate::provision::disk::provision(&board, board_dir, &opts)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!("{summary}");
     }
     Ok(Outcome::Done)
 }

@@ -14,6 +14,7 @@ fn man_pages_for_every_command() {
     for page in [
         "abup.1",
         "abup-install.1",
+        "abup-provision.1",
         "abup-status.1",
         "abup-mark-good.1",
         "abup-mark-bad.1",

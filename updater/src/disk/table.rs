@@ -52,6 +52,38 @@ pub fn write(disk: &File, parts: &[Partition], placed: &[Placed]) -> Result<()> 
     Ok(())
 }
 
+/// One used entry of a partition table, as provisioning compares it with a layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    /// Upper case.
+    pub type_guid: String,
+    pub first_lba: u64,
+    pub last_lba: u64,
+}
+
+/// The disk's GPT entries in order, if it has a valid GPT.
+pub fn read(disk: &File) -> Option<Vec<Entry>> {
+    let table = gpt::GptConfig::new()
+        .writable(false)
+        .logical_block_size(LogicalBlockSize::Lb512)
+        .open_from_device(disk)
+        .ok()?;
+    Some(
+        table
+            .partitions()
+            .values()
+            .filter(|p| p.is_used())
+            .map(|p| Entry {
+                name: p.name.clone(),
+                type_guid: p.part_type_guid.guid.to_string().to_ascii_uppercase(),
+                first_lba: p.first_lba,
+                last_lba: p.last_lba,
+            })
+            .collect(),
+    )
+}
+
 /// A disk image's or a block device's size: its end, as seeking there finds it.
 pub fn size(disk: &File) -> Result<u64> {
     use std::io::Seek;

@@ -132,7 +132,24 @@ fn run(
         hooks::run("pre-install", hook, &plan.hook_env)?;
     }
     invalidate(board, &plan)?;
+    let phase = write_or_resume(state, &plan, reader, &mut progress)?;
+    activate(board, state, &plan, &mut progress)?;
+    Ok(Installed {
+        target: plan.target,
+        version: plan.bundle.manifest.version.clone(),
+        resumed: phase != Phase::START,
+    })
+}
 
+/// The payload into the target, or, if the journal says an earlier run wrote this bundle
+/// there already, the rest of it; then the slot read back whole. Returns the phase the run
+/// started in.
+fn write_or_resume(
+    state: &StateDir,
+    plan: &Plan,
+    reader: BundleReader,
+    progress: &mut progress::Progress,
+) -> Result<Phase> {
     let phase = match state.resumable_journal(&plan.bundle_id, &plan.target_name) {
         Some(j) => {
             log::info!(
@@ -142,22 +159,37 @@ fn run(
             );
             j.phase
         }
-        None => begin(state, &plan)?,
+        None => begin(state, plan)?,
     };
     match phase {
         Phase::Write { image, next_chunk } => {
-            write(state, &plan, reader, (image, next_chunk), &mut progress)?
+            write(state, plan, reader, (image, next_chunk), progress)?
         }
         // A journal is never trusted further than the bytes it describes: the slot is read
         // back whole before it is recorded or activated.
-        Phase::Activate => {
-            pipeline::verify_written(&plan.bundle.manifest, &plan.devices, &mut progress)
-                .or_else(|e| forget_on_mismatch(state, &plan, e))?
-        }
+        Phase::Activate => pipeline::verify_written(&plan.bundle.manifest, &plan.devices, progress)
+            .or_else(|e| forget_on_mismatch(state, plan, e))?,
     }
-    activate(board, state, &plan, &mut progress)?;
+    Ok(phase)
+}
+
+/// Slot `target` of a disk that runs nothing yet (factory provisioning): the bundle written,
+/// read back and recorded like an install's, resumable the same way, but nothing to
+/// invalidate or activate: provisioning creates the environment afterwards.
+pub fn provision_slot(
+    board: &Board,
+    state: &StateDir,
+    opts: &Options,
+    target: SlotId,
+) -> Result<Installed> {
+    let mut progress = progress::Progress::new(opts.progress);
+    let (plan, reader) = plan::plan_provision(board, target, opts, &mut progress)?;
+    let phase = write_or_resume(state, &plan, reader, &mut progress)?;
+    record(state, &plan)?;
+    state.clear_journal(plan.bundle.manifest.images.len())?;
+    progress.finish();
     Ok(Installed {
-        target: plan.target,
+        target,
         version: plan.bundle.manifest.version.clone(),
         resumed: phase != Phase::START,
     })
@@ -265,16 +297,7 @@ fn activate(
 ) -> Result<()> {
     let manifest = &plan.bundle.manifest;
     state.ensure_floor(plan.floor)?;
-    state.set_slot(
-        &plan.target_name,
-        Some(SlotBundle {
-            version: manifest.version.clone(),
-            compatible: manifest.compatible.clone(),
-            security_version: manifest.security_version,
-            bundle: plan.bundle_id.clone(),
-            installed: state::now(),
-        }),
-    )?;
+    record(state, plan)?;
     if let Some(hook) = &board.install.post_install {
         progress.phase("hook", 0);
         let mounted = if board.install.post_install_mount {
@@ -300,6 +323,21 @@ fn activate(
     state.clear_journal(manifest.images.len())?;
     progress.finish();
     Ok(())
+}
+
+/// What the slot now holds, for `abup status` and the next install.
+fn record(state: &StateDir, plan: &Plan) -> Result<()> {
+    let manifest = &plan.bundle.manifest;
+    state.set_slot(
+        &plan.target_name,
+        Some(SlotBundle {
+            version: manifest.version.clone(),
+            compatible: manifest.compatible.clone(),
+            security_version: manifest.security_version,
+            bundle: plan.bundle_id.clone(),
+            installed: state::now(),
+        }),
+    )
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

@@ -103,24 +103,8 @@ pub fn plan(
     opts: &Options,
     progress: &mut Progress,
 ) -> Result<(Plan, BundleReader)> {
-    let keyring_dir = opts.keyring.as_deref().unwrap_or(&board.install.keyring);
-    let keyring = Keyring::load(keyring_dir)
-        .with_context(|| format!("loading the keyring {}", keyring_dir.display()))?;
-    let mut reader = opts.source.open(opts.retry)?;
-    progress.phase("verify", 0);
-    let source = crate::state::redact(&opts.source.describe());
-    let verified = bundle::read_verified(&mut reader, &keyring)
-        .map_err(|e| refuse(format!("bundle {source} refused: {e}")))?;
+    let (verified, reader, keyring) = verify(board, opts, progress)?;
     let manifest = &verified.manifest;
-    bundle::check_installable(manifest)
-        .map_err(|e| refuse(format!("bundle {source} refused: {e}")))?;
-
-    if manifest.compatible != board.compatible {
-        return Err(refuse(format!(
-            "bundle is for {:?}, this board is {:?}",
-            manifest.compatible, board.compatible
-        )));
-    }
     // The environment is read (shared lock) for the floor and the running slot's state, and
     // released before anything is written.
     let env = Environment::open(&Location::of_board(board), false)?;
@@ -149,29 +133,7 @@ pub fn plan(
         .map(PathBuf::as_path)
         .chain(std::iter::once(board.device(booted)))
         .collect();
-    let mut devices = Vec::new();
-    for image in &manifest.images {
-        let path = board
-            .class_device(target, &image.slot_class)
-            .ok_or_else(|| {
-                refuse(format!(
-                    "bundle has a {} image, but this board's slots have no {} device",
-                    image.slot_class, image.slot_class
-                ))
-            })?;
-        target::check_not_in_use(path, &busy)?;
-        let device = target::open(path)?;
-        if image.size > device.size {
-            return Err(refuse(format!(
-                "the {} image is {} bytes, slot {target_name} ({}) holds only {}",
-                image.slot_class,
-                image.size,
-                path.display(),
-                device.size
-            )));
-        }
-        devices.push(device);
-    }
+    let devices = open_targets(board, target, manifest, &busy)?;
 
     let mut report = Report {
         version: manifest.version.clone(),
@@ -262,6 +224,123 @@ pub fn plan(
             floor,
             sources,
             report,
+        },
+        reader,
+    ))
+}
+
+/// The bundle authenticated against the keyring (its manifest parsed only once the signature
+/// checks out), installable by this abup and made for this board.
+fn verify(
+    board: &Board,
+    opts: &Options,
+    progress: &mut Progress,
+) -> Result<(bundle::Verified, BundleReader, Keyring)> {
+    let keyring_dir = opts.keyring.as_deref().unwrap_or(&board.install.keyring);
+    let keyring = Keyring::load(keyring_dir)
+        .with_context(|| format!("loading the keyring {}", keyring_dir.display()))?;
+    let mut reader = opts.source.open(opts.retry)?;
+    progress.phase("verify", 0);
+    let source = crate::state::redact(&opts.source.describe());
+    let verified = bundle::read_verified(&mut reader, &keyring)
+        .map_err(|e| refuse(format!("bundle {source} refused: {e}")))?;
+    let manifest = &verified.manifest;
+    bundle::check_installable(manifest)
+        .map_err(|e| refuse(format!("bundle {source} refused: {e}")))?;
+
+    if manifest.compatible != board.compatible {
+        return Err(refuse(format!(
+            "bundle is for {:?}, this board is {:?}",
+            manifest.compatible, board.compatible
+        )));
+    }
+    Ok((verified, reader, keyring))
+}
+
+/// Each image's device in slot `target`, opened for writing, checked to be none of `busy`
+/// and large enough.
+fn open_targets(
+    board: &Board,
+    target: SlotId,
+    manifest: &bundle::Manifest,
+    busy: &[&Path],
+) -> Result<Vec<Device>> {
+    let target_name = board.slots.name(target);
+    let mut devices = Vec::new();
+    for image in &manifest.images {
+        let path = board
+            .class_device(target, &image.slot_class)
+            .ok_or_else(|| {
+                refuse(format!(
+                    "bundle has a {} image, but this board's slots have no {} device",
+                    image.slot_class, image.slot_class
+                ))
+            })?;
+        target::check_not_in_use(path, busy)?;
+        let device = target::open(path)?;
+        if image.size > device.size {
+            return Err(refuse(format!(
+                "the {} image is {} bytes, slot {target_name} ({}) holds only {}",
+                image.slot_class,
+                image.size,
+                path.display(),
+                device.size
+            )));
+        }
+        devices.push(device);
+    }
+
+    Ok(devices)
+}
+
+/// A factory slot: the bundle (full images only: there is no base) written into slot
+/// `target` of a disk that runs nothing yet, so no running slot, environment or floor to
+/// check.
+pub fn plan_provision(
+    board: &Board,
+    target: SlotId,
+    opts: &Options,
+    progress: &mut Progress,
+) -> Result<(Plan, BundleReader)> {
+    let (verified, reader, _) = verify(board, opts, progress)?;
+    let manifest = &verified.manifest;
+    if let Some(image) = manifest.images.iter().find(|i| i.kind.base().is_some()) {
+        return Err(refuse(format!(
+            "bundle {} has a delta {} image; provisioning writes full bundles (a delta needs \
+             the system it was built against)",
+            manifest.version, image.slot_class
+        )));
+    }
+    let devices = open_targets(board, target, manifest, &[])?;
+    let target_name = board.slots.name(target).to_owned();
+    let hook_env = HookEnv {
+        target_slot: target_name.clone(),
+        target_device: devices[0].path.display().to_string(),
+        booted_slot: String::new(),
+        bundle_version: manifest.version.clone(),
+        bundle_compatible: manifest.compatible.clone(),
+        bundle_security_version: manifest.security_version,
+        state_dir: String::new(),
+        target_mount: None,
+    };
+    let bundle_id = hex(&verified.manifest_sha256);
+    let sources = Sources {
+        bases: manifest.images.iter().map(|_| None).collect(),
+        targets: manifest.images.iter().map(|_| None).collect(),
+        ..Sources::default()
+    };
+    Ok((
+        Plan {
+            bundle_id,
+            booted: target,
+            target,
+            target_name,
+            devices,
+            hook_env,
+            floor: 0,
+            sources,
+            report: Report::default(),
+            bundle: verified,
         },
         reader,
     ))

@@ -1,6 +1,8 @@
 //! Writing a bootloader environment for the first time: at the factory, when a board is
 //! converted to abup, or by `abup env ... create`.
 
+pub mod disk;
+
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
