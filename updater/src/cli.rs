@@ -346,27 +346,10 @@ pub struct InstallArgs {
     pub retry_wait: f64,
 }
 
-/// A byte count: digits, optionally followed by K, M or G (powers of 1024).
+/// A byte count as board files write them too: digits, optionally followed by K, M, G or T
+/// (powers of 1024).
 fn parse_bytes(s: &str) -> Result<u64, String> {
-    let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((i, _)) => s.split_at(i),
-        None => (s, ""),
-    };
-    let shift = match unit {
-        "" => 0,
-        "K" | "k" | "KiB" => 10,
-        "M" | "MiB" => 20,
-        "G" | "GiB" => 30,
-        _ => {
-            return Err(format!(
-                "{s:?} is not a byte count like 50000000, 512K, 40M or 2G"
-            ))
-        }
-    };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(1 << shift))
+    crate::disk::layout::parse_bytes(s)
         .ok_or_else(|| format!("{s:?} is not a byte count like 50000000, 512K, 40M or 2G"))
 }
 

@@ -226,30 +226,29 @@ fn type_guid(kind: &str) -> Option<String> {
     (shape && hex).then(|| kind.to_ascii_uppercase())
 }
 
-/// "rest", a number of bytes, or a number with KiB, MiB, GiB or TiB.
+/// "rest", or a byte count as [`parse_bytes`] reads it.
 fn parse_size(text: &str) -> Result<Size, String> {
     if text == "rest" {
         return Ok(Size::Rest);
     }
+    parse_bytes(text).map(Size::Bytes).ok_or_else(|| {
+        format!("size {text:?} is not a number of bytes, or one with KiB, MiB, GiB or TiB")
+    })
+}
+
+/// A byte count: digits, optionally followed by a power of 1024 (K or KiB, M or MiB, G or
+/// GiB, T or TiB). Board files and command-line options read sizes the same way.
+pub fn parse_bytes(text: &str) -> Option<u64> {
     let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let unit = match &text[digits.len()..] {
-        "" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "TiB" => 1 << 40,
-        other => {
-            return Err(format!(
-                "size {text:?}: unit {other:?} is not one of KiB, MiB, GiB, TiB (powers of 1024)"
-            ))
-        }
+    let shift = match &text[digits.len()..] {
+        "" => 0,
+        "K" | "k" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
+        _ => return None,
     };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(unit))
-        .map(Size::Bytes)
-        .ok_or_else(|| format!("size {text:?} is not a number of bytes, KiB, MiB, GiB or TiB"))
+    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -324,11 +324,6 @@ pub fn plan_provision(
         target_mount: None,
     };
     let bundle_id = hex(&verified.manifest_sha256);
-    let sources = Sources {
-        bases: manifest.images.iter().map(|_| None).collect(),
-        targets: manifest.images.iter().map(|_| None).collect(),
-        ..Sources::default()
-    };
     Ok((
         Plan {
             bundle_id,
@@ -338,7 +333,8 @@ pub fn plan_provision(
             devices,
             hook_env,
             floor: 0,
-            sources,
+            // Full images only: nothing comes from a base or the target.
+            sources: Sources::default(),
             report: Report::default(),
             bundle: verified,
         },

@@ -43,7 +43,10 @@ fn short_type_names_sizes_and_guids() {
 #[test]
 fn each_mistake_is_named() {
     for (sections, words) in [
-        (vec![section("a", "linux", "1MB")], "unit \"MB\""),
+        (
+            vec![section("a", "linux", "1MB")],
+            "size \"1MB\" is not a number",
+        ),
         (vec![section("a", "linux", "MiB")], "not a number"),
         (
             vec![section("a", "linux", "99999999999TiB")],
