@@ -147,6 +147,29 @@ pub enum Command {
     )]
     Provision(ProvisionArgs),
 
+    /// Split a lone ext4 root partition into slots A and B, from the initramfs.
+    #[command(
+        name = "split-root",
+        long_about = "Split a lone ext4 root partition into slots A and B, from the \
+        initramfs.\n\n\
+        For devices in the field whose root partition fills the disk. Run before the root \
+        filesystem is mounted (the initramfs hook and busybox script in initramfs/ do). The \
+        ext4 filesystem is shrunk in place to the first half of its partition (slot A: the \
+        same filesystem, every file unchanged), the GPT gives the freed half to a new \
+        partition of the same type (slot B), and the bootloader environment is created with \
+        A first and confirmed, so the next `abup install` writes B. The root partition is \
+        slot A's device from board.toml, or --disk and --partition.\n\n\
+        Refused with nothing changed (exit status 4) when the partition does not hold ext4, \
+        the filesystem has errors, it is too full to leave B half the partition (the message \
+        says how much to free), or the work directory has no room for the undo file.\n\n\
+        Cut at any point (power, kill), the same command finishes the split: the plan and a \
+        marker per finished step are files in --work-dir, and a cut shrink is undone from \
+        the undo file resize2fs keeps there, then done again. Until the environment exists \
+        the bootloader must load the kernel from outside the root filesystem (docs/\
+        split-root.md). On a split it finished, it changes nothing and says so."
+    )]
+    SplitRoot(SplitRootArgs),
+
     /// Make an ed25519 key pair for signing bundles.
     #[command(long_about = "Make an ed25519 key pair for signing bundles.\n\n\
         Both are PEM files (PKCS#8 and SPKI), readable by `openssl pkey`. Keep the secret key \
@@ -229,6 +252,33 @@ pub struct ProvisionArgs {
     /// How to show the image write's progress (as for install).
     #[arg(long, value_enum, default_value_t = crate::install::ProgressMode::Auto)]
     pub progress: crate::install::ProgressMode,
+}
+
+#[derive(Debug, Args)]
+pub struct SplitRootArgs {
+    /// Where the plan, the step markers and the shrink's undo file live: a directory on
+    /// another filesystem than the root partition's (e.g. on the ESP), with room for the
+    /// undo file (about the size of the data beyond the first half of the filesystem).
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: PathBuf,
+
+    /// The disk, when the root partition is not slot A's device: a block device or an
+    /// image file.
+    #[arg(long, value_name = "DEV|FILE", requires = "partition")]
+    pub disk: Option<PathBuf>,
+
+    /// The root partition's number on the disk (1-based).
+    #[arg(long, value_name = "N")]
+    pub partition: Option<u32>,
+
+    /// The GPT name of the new partition (default: the board's [[partition]] of the second
+    /// slot, else rootfs-b).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Print one JSON object (with a "version" field) instead of the summary line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Which slot a mark command acts on.

@@ -131,3 +131,48 @@ fn lose_unsynced() -> usize {
     }
     lost
 }
+
+/// The external tool `name` (resize2fs, e2undo), as a command to run. With
+/// `ABUP_CUT_TOOL=<name>:N` armed, it runs under strace, which kills it (SIGKILL) as it
+/// starts its N-th write to a file or device, so tests can cut inside the tool's own writes:
+/// everything it wrote before is in the kernel, nothing after. Then [`tool_exited`] cuts abup.
+pub fn tool(name: &str) -> std::process::Command {
+    match tool_cut(name) {
+        Some(n) => {
+            let mut cmd = std::process::Command::new("strace");
+            cmd.args([
+                "-f",
+                "-qq",
+                "-o",
+                "/dev/null",
+                "-e",
+                "trace=pwrite64,pwritev,pwritev2",
+            ])
+            .arg("-e")
+            .arg(format!(
+                "inject=pwrite64,pwritev,pwritev2:signal=KILL:when={n}"
+            ))
+            .arg(name);
+            cmd
+        }
+        None => std::process::Command::new(name),
+    }
+}
+
+fn tool_cut(name: &str) -> Option<u64> {
+    if !ARMED {
+        return None;
+    }
+    let spec = std::env::var("ABUP_CUT_TOOL").ok()?;
+    let (tool, n) = spec.split_once(':')?;
+    (tool == name).then(|| n.parse().ok()).flatten()
+}
+
+/// After a tool run by [`tool`]: a tool the armed cut killed takes abup down with it.
+pub fn tool_exited(name: &str, status: &std::process::ExitStatus) {
+    use std::os::unix::process::ExitStatusExt;
+    if let (Some(n), Some(9)) = (tool_cut(name), status.signal()) {
+        eprintln!("abup: cut in {name} at its write {n} for a fault-injection test");
+        std::process::abort();
+    }
+}

@@ -283,7 +283,7 @@ fn signatures(path: &Path) -> Vec<String> {
 /// A partition made visible as a loop device over its range of the disk: the same for an
 /// image file and a block device, and no wait for the kernel to re-read the table.
 #[derive(Debug)]
-struct Attached(PathBuf);
+pub(super) struct Attached(pub(super) PathBuf);
 
 impl Drop for Attached {
     fn drop(&mut self) {
@@ -305,16 +305,22 @@ fn attach_all(
             attached.push(None);
             continue;
         }
-        let dev = run(Command::new("losetup")
-            .args(["--find", "--show", "--offset"])
-            .arg(at.offset().to_string())
-            .arg("--sizelimit")
-            .arg(at.bytes().to_string())
-            .arg(disk))
-        .with_context(|| format!("attaching partition {} of {}", p.name, disk.display()))?;
-        attached.push(Some(Attached(PathBuf::from(dev.trim()))));
+        let dev = attach(disk, at.offset(), at.bytes())
+            .with_context(|| format!("attaching partition {} of {}", p.name, disk.display()))?;
+        attached.push(Some(dev));
     }
     Ok(attached)
+}
+
+/// A loop device over `len` bytes of `disk` from `offset`.
+pub(super) fn attach(disk: &Path, offset: u64, len: u64) -> Result<Attached> {
+    let dev = run(Command::new("losetup")
+        .args(["--find", "--show", "--offset"])
+        .arg(offset.to_string())
+        .arg("--sizelimit")
+        .arg(len.to_string())
+        .arg(disk))?;
+    Ok(Attached(PathBuf::from(dev.trim())))
 }
 
 /// A partition's filesystem under the temporary root, where the running system mounts it.
@@ -553,7 +559,7 @@ fn on_disk(
 }
 
 /// The factory state: the first slot first in the boot order, confirmed, with its tries.
-fn factory_state(board: &Board) -> State {
+pub(super) fn factory_state(board: &Board) -> State {
     match board.scheme {
         Scheme::Abup => State::Abup(AbupState::factory(&board.slots)),
         Scheme::RaucGrub => {
@@ -660,7 +666,7 @@ fn parse_number(text: &str) -> Option<u64> {
 }
 
 /// Runs a tool and returns its standard output; its standard error is the error.
-fn run(cmd: &mut Command) -> Result<String> {
+pub(super) fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .output()
         .with_context(|| format!("running {:?}", cmd.get_program()))?;

@@ -2,6 +2,7 @@
 //! converted to abup, or by `abup env ... create`.
 
 pub mod disk;
+pub mod split_root;
 
 use std::path::Path;
 

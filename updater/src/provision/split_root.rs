@@ -1,0 +1,683 @@
+//! `abup split-root`: a device with one ext4 root partition and no spare slot gets two, from
+//! its initramfs, before the root filesystem is mounted. The root filesystem is shrunk in
+//! place to the first half of its partition (slot A, the same filesystem in the same place),
+//! the partition table gives that half to the root partition and the freed half to a new
+//! partition (slot B), and the bootloader environment is created with A first and confirmed.
+//!
+//! Power can fail at any instant, and resize2fs is not crash-safe by itself: a shrink moves
+//! blocks and rewrites metadata in place. So every step is recorded in the work directory (on
+//! another filesystem, e.g. the ESP) before and after it runs, and the shrink writes an undo
+//! file there (`resize2fs -z`): e2fsprogs' undo I/O saves each block's old contents to it
+//! before the block is overwritten. A run that finds the shrink started puts the old
+//! filesystem back with `e2undo` and shrinks again. The partition table changes only after
+//! the shrink is complete, and both tables are bootable: the old one holds the shrunk
+//! filesystem in a partition larger than it, the new one in a partition of its size. The
+//! environment, last, is what makes the bootloader treat the disk as split (board READMEs:
+//! until then it boots the kernel from outside the root filesystem).
+//!
+//! The steps are files in the work directory, each created once and never rewritten (the
+//! work directory is often FAT, where a rename over an existing file is not atomic): the plan
+//! (`split-root.json`), then one marker per finished step. The next run starts after the last
+//! marker.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::board::{Board, Bootloader, GrubEnv};
+use crate::bootenv::Location;
+use crate::disk::layout::SECTOR;
+use crate::install::Refused;
+
+const MIB: u64 = 1024 * 1024;
+const PLAN: &str = "split-root.json";
+const UNDO: &str = "split-root.e2undo";
+
+/// The steps after the plan, in order; each is done when its marker file exists.
+const STEPS: [Step; 3] = [Step::Shrunk, Step::Table, Step::Done];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Step {
+    /// The plan is written; the shrink may have started.
+    Planned,
+    /// The filesystem has slot A's size; the undo file is gone.
+    Shrunk,
+    /// The partition table holds slots A and B.
+    Table,
+    /// The environment holds the factory state: the split is finished.
+    Done,
+}
+
+impl Step {
+    fn marker(self) -> &'static str {
+        match self {
+            Step::Planned => PLAN,
+            Step::Shrunk => "split-root.shrunk",
+            Step::Table => "split-root.table",
+            Step::Done => "split-root.done",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The disk, when it is not slot A's: an image file or a block device.
+    pub disk: Option<PathBuf>,
+    /// The root partition's number on `disk` (1-based).
+    pub partition: Option<u32>,
+    /// Holds the plan, the step markers and the undo file; on another filesystem than the
+    /// root partition's, with room for the undo file.
+    pub work_dir: PathBuf,
+    /// The new partition's GPT name.
+    pub name: Option<String>,
+}
+
+/// What the split decided, written before anything else and read by every later run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Plan {
+    version: u32,
+    /// The disk's GPT GUID: a plan is never applied to another disk.
+    disk_guid: String,
+    partition: u32,
+    first_lba: u64,
+    /// The root partition's end before the split.
+    old_last_lba: u64,
+    /// Slot A's end; slot B starts at the next 1 MiB boundary.
+    a_last_lba: u64,
+    b_partition: u32,
+    b_first_lba: u64,
+    b_last_lba: u64,
+    b_name: String,
+    block_size: u64,
+    old_blocks: u64,
+    new_blocks: u64,
+}
+
+/// `abup split-root`'s one line, or its JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub version: u32,
+    pub disk: String,
+    /// Slot A's partition number and size in bytes.
+    pub slot_a: (u32, u64),
+    pub slot_b: (u32, u64),
+    /// An earlier run had started the split.
+    pub resumed: bool,
+    /// An earlier run had finished it; nothing was written.
+    pub already_done: bool,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: u64| b / MIB;
+        write!(
+            f,
+            "{} {}: slot A is partition {} ({} MiB), slot B partition {} ({} MiB); slot A boots, \
+             confirmed",
+            if self.already_done {
+                "already split"
+            } else {
+                "split"
+            },
+            self.disk,
+            self.slot_a.0,
+            mib(self.slot_a.1),
+            self.slot_b.0,
+            mib(self.slot_b.1)
+        )?;
+        if self.resumed && !self.already_done {
+            write!(f, " (resumed)")?;
+        }
+        Ok(())
+    }
+}
+
+pub fn split_root(board: &Board, opts: &Options) -> Result<Summary> {
+    if board.slots.len() != 2 {
+        bail!(
+            "board {} has {} slots; split-root makes exactly two",
+            board.name,
+            board.slots.len()
+        );
+    }
+    let (disk_path, number) = locate(board, opts)?;
+    let work = &opts.work_dir;
+    std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
+    let disk = open_disk(&disk_path)?;
+    let done = last_step(work);
+    let (plan, resumed) = match done {
+        Some(_) => (read_plan(work, &disk, &disk_path)?, true),
+        None => {
+            let plan = make_plan(board, opts, &disk, &disk_path, number)?;
+            let bytes = serde_json::to_vec_pretty(&plan).context("encoding the split plan")?;
+            create_once(&work.join(PLAN), &bytes)?;
+            (plan, false)
+        }
+    };
+    let summary = Summary {
+        version: 1,
+        disk: disk_path.display().to_string(),
+        slot_a: (
+            plan.partition,
+            (plan.a_last_lba + 1 - plan.first_lba) * SECTOR,
+        ),
+        slot_b: (
+            plan.b_partition,
+            (plan.b_last_lba + 1 - plan.b_first_lba) * SECTOR,
+        ),
+        resumed,
+        already_done: done == Some(Step::Done),
+    };
+    let done = done.unwrap_or(Step::Planned);
+    if done < Step::Shrunk {
+        let fs = FsDevice::attach(&disk_path, &plan)?;
+        shrink(&fs.path, &plan, work, resumed)?;
+        create_once(&work.join(Step::Shrunk.marker()), b"")?;
+    }
+    // Not needed once the shrink is recorded; a run cut right after that left it.
+    remove_undo(work)?;
+    if done < Step::Table {
+        crate::disk::table::split(
+            &disk,
+            &crate::disk::table::Split {
+                number: plan.partition,
+                a_last_lba: plan.a_last_lba,
+                b_number: plan.b_partition,
+                b_first_lba: plan.b_first_lba,
+                b_last_lba: plan.b_last_lba,
+                b_name: plan.b_name.clone(),
+            },
+        )?;
+        create_once(&work.join(Step::Table.marker()), b"")?;
+    }
+    if done < Step::Done {
+        create_environment(board)?;
+        create_once(&work.join(Step::Done.marker()), b"")?;
+        reread_partitions(&disk, &disk_path);
+    }
+    Ok(summary)
+}
+
+/// The disk and the root partition's number: as given, or slot A's device as sysfs knows it.
+fn locate(board: &Board, opts: &Options) -> Result<(PathBuf, u32)> {
+    if let Some(disk) = &opts.disk {
+        let number = opts
+            .partition
+            .context("--disk needs --partition N: the number of the root partition on it")?;
+        return Ok((disk.clone(), number));
+    }
+    let slot_a = board.device(bootcount::SlotId(0));
+    let real = std::fs::canonicalize(slot_a).with_context(|| {
+        format!(
+            "slot A's device {} does not exist (give --disk and --partition)",
+            slot_a.display()
+        )
+    })?;
+    let name = real
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("slot A's device has no name")?;
+    let sys = std::fs::canonicalize(Path::new("/sys/class/block").join(name))
+        .with_context(|| format!("{} is not a block device sysfs knows", real.display()))?;
+    let number = std::fs::read_to_string(sys.join("partition"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .with_context(|| {
+            format!(
+                "{} is not a partition: split-root splits a root partition",
+                real.display()
+            )
+        })?;
+    let parent = sys
+        .parent()
+        .and_then(|p| p.file_name())
+        .context("slot A's partition has no disk in sysfs")?;
+    if let Some(n) = opts.partition.filter(|n| *n != number) {
+        bail!(
+            "slot A's device {} is partition {number}, not {n}",
+            slot_a.display()
+        );
+    }
+    Ok((Path::new("/dev").join(parent), number))
+}
+
+fn open_disk(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
+/// The last step whose marker exists: `None` when no plan was written.
+fn last_step(work: &Path) -> Option<Step> {
+    if !work.join(PLAN).exists() {
+        return None;
+    }
+    Some(
+        STEPS
+            .iter()
+            .rev()
+            .find(|s| work.join(s.marker()).exists())
+            .copied()
+            .unwrap_or(Step::Planned),
+    )
+}
+
+fn read_plan(work: &Path, disk: &File, disk_path: &Path) -> Result<Plan> {
+    let path = work.join(PLAN);
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let plan: Plan = serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "{} is not a split plan abup can read: if no split was started, remove it",
+            path.display()
+        )
+    })?;
+    let guid = crate::disk::table::disk_guid(disk)?;
+    if guid != plan.disk_guid {
+        bail!(
+            "{} belongs to the split of another disk (GUID {}, {} has {guid}): give the work \
+             directory of this disk's split",
+            path.display(),
+            plan.disk_guid,
+            disk_path.display()
+        );
+    }
+    Ok(plan)
+}
+
+/// Checks everything that can make the split impossible, changing nothing.
+fn make_plan(
+    board: &Board,
+    opts: &Options,
+    disk: &File,
+    disk_path: &Path,
+    number: u32,
+) -> Result<Plan> {
+    let refuse = |msg: String| -> anyhow::Error { Refused(msg).into() };
+    let name = disk_path.display();
+    let table = crate::disk::table::read_numbered(disk)
+        .ok_or_else(|| refuse(format!("{name} has no GPT partition table")))?;
+    let root = table
+        .iter()
+        .find(|(n, _)| *n == number)
+        .map(|(_, e)| e)
+        .ok_or_else(|| refuse(format!("{name} has no partition {number}")))?;
+    let b_partition = (1..=128)
+        .find(|n| table.iter().all(|(m, _)| m != n))
+        .ok_or_else(|| refuse(format!("{name}'s partition table has no free entry")))?;
+    let probe_plan = Plan {
+        version: 1,
+        disk_guid: crate::disk::table::disk_guid(disk)?,
+        partition: number,
+        first_lba: root.first_lba,
+        old_last_lba: root.last_lba,
+        a_last_lba: root.last_lba,
+        b_partition,
+        b_first_lba: 0,
+        b_last_lba: 0,
+        b_name: String::new(),
+        block_size: 0,
+        old_blocks: 0,
+        new_blocks: 0,
+    };
+    let fs = FsDevice::attach(disk_path, &probe_plan)?;
+    let kind = filesystem_type(&fs.path);
+    if kind.as_deref() != Some("ext4") {
+        return Err(refuse(format!(
+            "partition {number} of {name} holds {}, not ext4: split-root shrinks ext4 only",
+            kind.unwrap_or_else(|| "no filesystem abup recognises".into())
+        )));
+    }
+    let check = Command::new("e2fsck")
+        .args(["-f", "-n"])
+        .arg(&fs.path)
+        .output()
+        .context("running e2fsck")?;
+    if !check.status.success() {
+        return Err(refuse(format!(
+            "the ext4 filesystem on partition {number} of {name} has errors (e2fsck -fn exit \
+             {}): repair it with e2fsck -f, then run split-root again",
+            check.status.code().unwrap_or(-1)
+        )));
+    }
+    let header = run(Command::new("dumpe2fs").arg("-h").arg(&fs.path))?;
+    let field = |key: &str| -> Result<u64> {
+        header
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+            .with_context(|| format!("dumpe2fs -h printed no {key}"))
+    };
+    let block_size = field("Block size:")?;
+    let old_blocks = field("Block count:")?;
+    let min = run(Command::new("resize2fs").arg("-P").arg(&fs.path))?;
+    let min_blocks: u64 = min
+        .lines()
+        .find_map(|l| l.split(':').nth(1)?.trim().parse().ok())
+        .context("resize2fs -P printed no minimum size")?;
+
+    let start = root.first_lba * SECTOR;
+    let end = (root.last_lba + 1) * SECTOR;
+    // Slot B starts on a 1 MiB boundary in the second half, so it is at least as large as A.
+    let b_start = (start + (end - start) / 2) / MIB * MIB;
+    let a_bytes = b_start.saturating_sub(start);
+    let new_blocks = (a_bytes / block_size).min(old_blocks);
+    if b_start <= start || end - b_start < MIB {
+        return Err(refuse(format!(
+            "partition {number} of {name} is too small to split into two slots"
+        )));
+    }
+    if min_blocks > new_blocks {
+        let need = (min_blocks - new_blocks) * block_size;
+        return Err(refuse(format!(
+            "the filesystem on partition {number} of {name} needs at least {} MiB and slot A \
+             can have {} MiB: free at least {} MiB (delete files), then run split-root again",
+            (min_blocks * block_size).div_ceil(MIB),
+            a_bytes / MIB,
+            need.div_ceil(MIB)
+        )));
+    }
+    let room = undo_room(&opts.work_dir)?;
+    let want = undo_estimate(&fs.path, block_size, new_blocks)?;
+    if room < want {
+        return Err(refuse(format!(
+            "the work directory {} has {} MiB free and the shrink's undo file may need {} MiB: \
+             give a work directory with more room",
+            opts.work_dir.display(),
+            room / MIB,
+            want.div_ceil(MIB)
+        )));
+    }
+    let b_name = match &opts.name {
+        Some(n) => n.clone(),
+        None => board
+            .layout
+            .iter()
+            .find(|p| p.slot.as_deref() == Some(board.slots.name(bootcount::SlotId(1))))
+            .map_or_else(|| "rootfs-b".to_owned(), |p| p.name.clone()),
+    };
+    Ok(Plan {
+        a_last_lba: b_start / SECTOR - 1,
+        b_first_lba: b_start / SECTOR,
+        b_last_lba: root.last_lba,
+        b_name,
+        block_size,
+        old_blocks,
+        new_blocks,
+        ..probe_plan
+    })
+}
+
+/// What libblkid says the partition holds.
+fn filesystem_type(dev: &Path) -> Option<String> {
+    let prober = blkid::prober::Prober::new_from_filename(dev).ok()?;
+    prober.enable_superblocks(true).ok()?;
+    prober.do_safe_probe().ok()?;
+    prober.get_values_map().ok()?.get("TYPE").cloned()
+}
+
+/// Free bytes in the work directory.
+fn undo_room(work: &Path) -> Result<u64> {
+    let st = nix::sys::statvfs::statvfs(work)
+        .with_context(|| format!("reading the free space of {}", work.display()))?;
+    Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
+}
+
+/// How large the undo file can get: the old contents of every block the shrink writes, which
+/// are the blocks it moves out of the freed part (their new places) and the metadata it
+/// rewrites. The used blocks beyond the new end come from dumpe2fs's group summaries; the
+/// metadata is bounded by a thirty-second of the filesystem and 4 MiB.
+fn undo_estimate(dev: &Path, block_size: u64, new_blocks: u64) -> Result<u64> {
+    let groups = run(Command::new("dumpe2fs").arg(dev))?;
+    let mut moved = 0;
+    let mut range = None;
+    for line in groups.lines() {
+        if let Some(rest) = line.strip_prefix("Group ") {
+            range = rest
+                .split("(Blocks ")
+                .nth(1)
+                .and_then(|r| r.split(')').next())
+                .and_then(|r| r.split_once('-'))
+                .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
+        } else if let (Some((first, last)), Some(free)) = (
+            range,
+            line.trim()
+                .split_once(" free blocks,")
+                .and_then(|(n, _)| n.parse::<u64>().ok()),
+        ) {
+            if last >= new_blocks {
+                let beyond = last + 1 - first.max(new_blocks);
+                moved += beyond.min((last + 1 - first).saturating_sub(free));
+            }
+            range = None;
+        }
+    }
+    Ok(moved * block_size + new_blocks * block_size / 32 + 4 * MIB)
+}
+
+/// The root filesystem as a device: its partition node on a block device, a loop device over
+/// its range of an image file. Always the partition's range before the split, whatever
+/// table the kernel read, so a shrink can be undone and done again.
+struct FsDevice {
+    path: PathBuf,
+    _loop: Option<super::disk::Attached>,
+}
+
+impl FsDevice {
+    fn attach(disk: &Path, plan: &Plan) -> Result<FsDevice> {
+        let block = std::fs::metadata(disk).is_ok_and(|m| m.file_type().is_block_device());
+        let offset = plan.first_lba * SECTOR;
+        let len = (plan.old_last_lba + 1 - plan.first_lba) * SECTOR;
+        if block {
+            if let Some(path) = partition_node(disk, plan.partition) {
+                // Claimed: open fails while the root filesystem is mounted.
+                OpenOptions::new()
+                    .read(true)
+                    .custom_flags(nix::fcntl::OFlag::O_EXCL.bits())
+                    .open(&path)
+                    .with_context(|| {
+                        format!(
+                            "{} is in use: split-root runs before the root filesystem is \
+                             mounted (from the initramfs)",
+                            path.display()
+                        )
+                    })?;
+                return Ok(FsDevice { path, _loop: None });
+            }
+        }
+        let attached = super::disk::attach(disk, offset, len).with_context(|| {
+            format!(
+                "attaching partition {} of {}",
+                plan.partition,
+                disk.display()
+            )
+        })?;
+        Ok(FsDevice {
+            path: attached.0.clone(),
+            _loop: Some(attached),
+        })
+    }
+}
+
+/// `/dev/<name>` of partition `number` of the block device `disk`, as sysfs lists it.
+fn partition_node(disk: &Path, number: u32) -> Option<PathBuf> {
+    let real = std::fs::canonicalize(disk).ok()?;
+    let name = real.file_name()?.to_str()?.to_owned();
+    let dir = Path::new("/sys/class/block").join(&name);
+    std::fs::read_dir(&dir).ok()?.flatten().find_map(|e| {
+        let n: u32 = std::fs::read_to_string(e.path().join("partition"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        (n == number).then(|| Path::new("/dev").join(e.file_name()))
+    })
+}
+
+/// Shrinks the filesystem to slot A's size with an undo file; a run that finds the shrink
+/// started first puts the old filesystem back.
+fn shrink(dev: &Path, plan: &Plan, work: &Path, resumed: bool) -> Result<()> {
+    let undo = work.join(UNDO);
+    if resumed {
+        restore(dev, plan, &undo)?;
+    }
+    if plan.new_blocks == plan.old_blocks {
+        return Ok(());
+    }
+    remove_undo(work)?;
+    log::info!(
+        "shrinking {} from {} to {} blocks of {} bytes",
+        dev.display(),
+        plan.old_blocks,
+        plan.new_blocks,
+        plan.block_size
+    );
+    let mut cmd = crate::failpoint::tool("resize2fs");
+    // -f: resize2fs wants an e2fsck -f newer than the last mount (and one after e2undo);
+    // the e2fsck -fn just before (plan, restore) is that check, without writing.
+    cmd.arg("-f")
+        .arg("-z")
+        .arg(&undo)
+        .arg(dev)
+        .arg(plan.new_blocks.to_string());
+    let out = cmd.output().context("running resize2fs")?;
+    crate::failpoint::tool_exited("resize2fs", &out.status);
+    if !out.status.success() {
+        let why = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        // The undo file has every block resize2fs changed: the filesystem goes back as it was.
+        restore(dev, plan, &undo).context("putting the filesystem back after resize2fs failed")?;
+        remove_undo(work)?;
+        std::fs::remove_file(work.join(PLAN))
+            .with_context(|| format!("removing {}", work.join(PLAN).display()))?;
+        return Err(Refused(format!(
+            "resize2fs could not shrink the filesystem ({why}); it is back as it was"
+        ))
+        .into());
+    }
+    File::open(dev)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("syncing {}", dev.display()))?;
+    Ok(())
+}
+
+/// Puts the filesystem back as it was before the shrink, from the undo file when a shrink
+/// wrote one, and checks that the result is the old filesystem, whole.
+fn restore(dev: &Path, plan: &Plan, undo: &Path) -> Result<()> {
+    if undo.exists() {
+        log::info!(
+            "a shrink was cut; putting the filesystem back from {}",
+            undo.display()
+        );
+        let mut cmd = crate::failpoint::tool("e2undo");
+        // -f: a cut shrink never marked its undo file finished, which e2undo otherwise
+        // refuses; every block in it was saved before its first overwrite.
+        let out = cmd
+            .arg("-f")
+            .arg(undo)
+            .arg(dev)
+            .output()
+            .context("running e2undo")?;
+        crate::failpoint::tool_exited("e2undo", &out.status);
+        // An undo file cut before its first block holds nothing to put back, and e2undo
+        // says it is not one; the check below decides.
+        if !out.status.success() {
+            log::info!("e2undo: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+    }
+    let header = run(Command::new("dumpe2fs").arg("-h").arg(dev))?;
+    let blocks: Option<u64> = header
+        .lines()
+        .find_map(|l| l.strip_prefix("Block count:")?.trim().parse().ok());
+    let check = Command::new("e2fsck")
+        .args(["-f", "-n"])
+        .arg(dev)
+        .output()
+        .context("running e2fsck")?;
+    if blocks != Some(plan.old_blocks) || !check.status.success() {
+        bail!(
+            "the root filesystem on {} is not whole after undoing a cut shrink ({} blocks, \
+             e2fsck -fn exit {}); keep the work directory and repair it with e2fsck -f",
+            dev.display(),
+            blocks.map_or("unknown".into(), |b| b.to_string()),
+            check.status.code().unwrap_or(-1)
+        );
+    }
+    Ok(())
+}
+
+fn remove_undo(work: &Path) -> Result<()> {
+    let undo = work.join(UNDO);
+    match std::fs::remove_file(&undo) {
+        Ok(()) => {
+            sync_dir(work)?;
+            crate::failpoint::wrote(&format!("remove {}", undo.display()));
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", undo.display())),
+    }
+}
+
+/// Creates `path` with `bytes`, durably, or finds it already there: a file written to a
+/// temporary name and renamed to a name nothing holds yet, which FAT does safely too.
+fn create_once(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| File::open(&tmp)?.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("creating {}", path.display()))?;
+    sync_dir(dir)?;
+    crate::failpoint::wrote(&path.display().to_string());
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
+}
+
+/// The factory state (A first, confirmed), replacing what a cut run left half made.
+fn create_environment(board: &Board) -> Result<()> {
+    if let Bootloader::Grub { env } = &board.bootloader {
+        let files: Vec<&PathBuf> = match env {
+            GrubEnv::Pair(p) => p.iter().collect(),
+            GrubEnv::Single(p) => vec![p],
+        };
+        for f in files {
+            match std::fs::remove_file(f) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing {}", f.display()))
+                }
+                _ => {}
+            }
+        }
+    }
+    let vars = super::disk::factory_state(board).encode();
+    super::create_env(&Location::of_board(board), None, true, &vars)
+        .context("creating the bootloader environment")
+}
+
+/// Asks the kernel to read the new table (a block device with nothing mounted from it);
+/// failing that, the next boot reads it.
+fn reread_partitions(disk: &File, path: &Path) {
+    let block = disk
+        .metadata()
+        .is_ok_and(|m| m.file_type().is_block_device());
+    if !block {
+        return;
+    }
+    if let Err(e) = run(Command::new("blockdev").arg("--rereadpt").arg(path)) {
+        log::warn!("the kernel keeps the old partition table until the next boot: {e:#}");
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<String> {
+    super::disk::run(cmd)
+}

@@ -1,0 +1,560 @@
+//! `abup split-root` on an image file whose ext4 root partition fills the disk, as on a device
+//! in the field: every file (content, owner, mode, timestamps) the same afterwards, the table
+//! checked by `sgdisk -v` and read back by `sfdisk --json`, the environment by the real
+//! `grub-editenv`; refusals that change nothing; and cuts at every write of abup's own and
+//! inside resize2fs and e2undo, each finished by running the command again.
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+mod common;
+
+use std::ffi::OsStr;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{abup_with, run_ok, Output, Tmp};
+use sha2::{Digest, Sha256};
+
+const MIB: u64 = 1 << 20;
+/// p1, a stand-in for the ESP, then the root partition to the end of the disk.
+const DISK_MIB: u64 = 48;
+const ROOT_START: u64 = 4 * MIB;
+
+struct Device {
+    _t: Tmp,
+    board: PathBuf,
+    disk: PathBuf,
+    work: PathBuf,
+    env: [PathBuf; 2],
+    /// The disk as the field left it, for each cut run to start from.
+    original: Vec<u8>,
+    tree: String,
+}
+
+/// What the root filesystem holds.
+#[derive(Clone, Copy, PartialEq)]
+enum Root {
+    /// Files spread over the whole filesystem, a third of it used.
+    Files,
+    /// More than half of it used.
+    Full,
+    /// A FAT filesystem.
+    Vfat,
+}
+
+fn tools() -> bool {
+    common::is_root()
+        && [
+            "sgdisk",
+            "sfdisk",
+            "losetup",
+            "mkfs.ext4",
+            "resize2fs",
+            "e2undo",
+            "e2fsck",
+            "dumpe2fs",
+            "debugfs",
+            "grub-editenv",
+            "strace",
+        ]
+        .iter()
+        .all(|t| common::have(t))
+}
+
+fn device(root: Root) -> Option<Device> {
+    if !tools() {
+        return None;
+    }
+    let t = Tmp::new();
+    let disk = t.path("disk.img");
+    let f = std::fs::File::create(&disk).unwrap();
+    f.set_len(DISK_MIB * MIB).unwrap();
+    drop(f);
+    run_ok(
+        "sgdisk",
+        &[
+            "--new=1:2048:8191",
+            "--typecode=1:ef00",
+            "--change-name=1:esp",
+            "--new=2:8192:0",
+            "--typecode=2:8304",
+            "--change-name=2:rootfs-a",
+            disk.to_str().unwrap(),
+        ],
+    );
+    let root_len = table(&disk)[1].1 * 512;
+    let dev = Loop::attach(&disk, ROOT_START, root_len);
+    if root == Root::Vfat {
+        run_ok("mkfs.vfat", &[dev.0.as_str()]);
+    } else {
+        run_ok("mkfs.ext4", &["-q", "-F", "-b", "4096", dev.0.as_str()]);
+        let mnt = t.path("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        run_ok("mount", &[dev.0.as_str(), mnt.to_str().unwrap()]);
+        fill(&mnt, root);
+        run_ok("umount", &[mnt.to_str().unwrap()]);
+    }
+    drop(dev);
+    let board = t.path("board.toml");
+    let env = [t.path("esp/grub/abupenv.0"), t.path("esp/grub/abupenv.1")];
+    std::fs::create_dir_all(t.path("esp/grub")).unwrap();
+    std::fs::write(
+        &board,
+        format!(
+            "[board]\nname = \"field\"\ncompatible = \"field\"\n\n[bootloader]\ntype = \
+             \"grub\"\nscheme = \"abup\"\ntries = 3\ngrubenv = [\"{}\", \"{}\"]\n\n\
+             [[slot]]\nname = \"A\"\ndevice = \"/dev/disk/by-partlabel/rootfs-a\"\n\n\
+             [[slot]]\nname = \"B\"\ndevice = \"/dev/disk/by-partlabel/rootfs-b\"\n",
+            env[0].display(),
+            env[1].display()
+        ),
+    )
+    .unwrap();
+    let tree = if root == Root::Vfat {
+        String::new()
+    } else {
+        tree_hash(&disk, ROOT_START, root_len)
+    };
+    Some(Device {
+        work: t.path("esp/abup-split"),
+        original: std::fs::read(&disk).unwrap(),
+        _t: t,
+        board,
+        disk,
+        env,
+        tree,
+    })
+}
+
+/// Files of every kind, owner and mode, with set timestamps; most of them written after a
+/// filler took the front of the filesystem, so the shrink has data to move.
+fn fill(mnt: &Path, root: Root) {
+    let filler = mnt.join("filler");
+    let free = nix::sys::statvfs::statvfs(mnt).unwrap();
+    let free = free.blocks_available() as u64 * free.fragment_size() as u64;
+    let filler_len = if root == Root::Full {
+        free * 7 / 10
+    } else {
+        free / 2
+    };
+    write_random(&filler, filler_len, 1);
+    let mut seed = 2;
+    for d in 0..6 {
+        let dir = mnt.join(format!("dir{d}"));
+        std::fs::create_dir(&dir).unwrap();
+        for f in 0..12 {
+            let p = dir.join(format!("file{f}"));
+            write_random(&p, 1000 + seed * 7919 % 150_000, seed);
+            std::os::unix::fs::chown(&p, Some(1000 + f), Some(100 + d)).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600 + f * 8)).unwrap();
+            seed += 1;
+        }
+        std::os::unix::fs::symlink(format!("file{d}"), dir.join("link")).unwrap();
+    }
+    run_ok(
+        "touch",
+        &[
+            "-h",
+            "-d",
+            "2001-02-03 04:05:06.789",
+            mnt.join("dir0/link").to_str().unwrap(),
+        ],
+    );
+    run_ok(
+        "touch",
+        &[
+            "-d",
+            "1999-12-31 23:59:59",
+            mnt.join("dir1/file3").to_str().unwrap(),
+        ],
+    );
+    if root != Root::Full {
+        std::fs::remove_file(&filler).unwrap();
+    }
+}
+
+fn write_random(path: &Path, len: u64, seed: u64) {
+    std::fs::write(path, common::fixture::image(len as usize, seed)).unwrap();
+}
+
+/// A loop device over a range of the disk, detached when dropped.
+struct Loop(String);
+
+impl Loop {
+    fn attach(disk: &Path, offset: u64, len: u64) -> Loop {
+        let dev = run_ok(
+            "losetup",
+            &[
+                "--find",
+                "--show",
+                "--offset",
+                &offset.to_string(),
+                "--sizelimit",
+                &len.to_string(),
+                disk.to_str().unwrap(),
+            ],
+        );
+        Loop(dev.trim().to_owned())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+/// Every file's path, kind, size, mode, owner, timestamps, link target and content, hashed:
+/// the filesystem in `len` bytes of the disk from `offset`, mounted read-only.
+fn tree_hash(disk: &Path, offset: u64, len: u64) -> String {
+    let dev = Loop::attach(disk, offset, len);
+    let mnt = tempfile::tempdir().unwrap();
+    let m = mnt.path().to_str().unwrap();
+    run_ok("mount", &["-o", "ro,noload", dev.0.as_str(), m]);
+    let mut h = Sha256::new();
+    let mut stack = vec![mnt.path().to_path_buf()];
+    let mut entries = Vec::new();
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            if md.is_dir() {
+                stack.push(p.clone());
+            }
+            entries.push((p, md));
+        }
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    for (p, md) in &entries {
+        let rel = p.strip_prefix(mnt.path()).unwrap();
+        h.update(format!(
+            "{} {:o} {} {} {} {}.{} {}.{}\n",
+            rel.display(),
+            md.mode(),
+            md.uid(),
+            md.gid(),
+            md.size(),
+            md.mtime(),
+            md.mtime_nsec(),
+            md.ctime(),
+            md.ctime_nsec()
+        ));
+        if md.is_file() {
+            h.update(std::fs::read(p).unwrap());
+        } else if md.file_type().is_symlink() {
+            h.update(
+                std::fs::read_link(p)
+                    .unwrap()
+                    .as_os_str()
+                    .as_encoded_bytes(),
+            );
+        }
+    }
+    run_ok("umount", &[m]);
+    assert!(entries.len() > 70, "only {} entries", entries.len());
+    format!("{:x}", h.finalize())
+}
+
+/// The used partitions: (start sector, sectors, type, name), as sfdisk reads them.
+fn table(disk: &Path) -> Vec<(u64, u64, String, String)> {
+    let json: serde_json::Value =
+        serde_json::from_str(&run_ok("sfdisk", &["--json", disk.to_str().unwrap()])).unwrap();
+    json["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["start"].as_u64().unwrap(),
+                p["size"].as_u64().unwrap(),
+                p["type"].as_str().unwrap().to_owned(),
+                p["name"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+impl Device {
+    fn split(&self, extra: &[&str], env: &[(&str, &OsStr)]) -> Output {
+        let mut args = vec![
+            "--config",
+            self.board.to_str().unwrap(),
+            "split-root",
+            "--disk",
+            self.disk.to_str().unwrap(),
+            "--partition",
+            "2",
+            "--work-dir",
+            self.work.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = abup_with(&args, env);
+        reboot(&self.disk);
+        out
+    }
+
+    /// Back to the field's disk, with no work directory and no environment.
+    fn reset(&self) {
+        std::fs::write(&self.disk, &self.original).unwrap();
+        let _ = std::fs::remove_dir_all(&self.work);
+        for e in &self.env {
+            let _ = std::fs::remove_file(e);
+        }
+    }
+
+    fn assert_unchanged(&self) {
+        assert!(
+            std::fs::read(&self.disk).unwrap() == self.original,
+            "a refused split changed the disk"
+        );
+        assert!(!self.env[0].exists() && !self.env[1].exists());
+        assert!(!self.work.join("split-root.json").exists());
+    }
+
+    /// Split as it should be: A the same filesystem in the first half, fsck-clean and of
+    /// its partition's size, every file the same; B the rest, same type; both tables valid;
+    /// the environment in the factory state.
+    fn assert_split(&self) {
+        let v = run_ok("sgdisk", &["-v", self.disk.to_str().unwrap()]);
+        assert!(v.contains("No problems found"), "{v}");
+        let parts = table(&self.disk);
+        assert_eq!(parts.len(), 3, "{parts:?}");
+        let old_len = (DISK_MIB * MIB - ROOT_START) / 512 - 33;
+        let (a, b) = (&parts[1], &parts[2]);
+        assert_eq!(a.0 * 512, ROOT_START);
+        assert_eq!(b.0 * 512 % MIB, 0, "B is not 1 MiB aligned");
+        assert_eq!(a.0 + a.1, b.0, "A does not end where B starts");
+        assert_eq!(
+            b.0 + b.1,
+            a.0 + old_len,
+            "B does not end where the root partition did"
+        );
+        assert!(b.1 >= a.1 && a.1 * 512 >= 20 * MIB, "{parts:?}");
+        assert_eq!(a.2, b.2, "B has another type");
+        assert_eq!((a.3.as_str(), b.3.as_str()), ("rootfs-a", "rootfs-b"));
+        let dev = Loop::attach(&self.disk, ROOT_START, a.1 * 512);
+        let fsck = Command::new("e2fsck")
+            .args(["-f", "-n", &dev.0])
+            .output()
+            .unwrap();
+        assert!(
+            fsck.status.success(),
+            "{}",
+            String::from_utf8_lossy(&fsck.stdout)
+        );
+        let header = run_ok("dumpe2fs", &["-h", &dev.0]);
+        let field = |k: &str| -> u64 {
+            header
+                .lines()
+                .find_map(|l| l.strip_prefix(k)?.trim().parse().ok())
+                .unwrap()
+        };
+        assert_eq!(field("Block count:") * field("Block size:"), a.1 * 512);
+        drop(dev);
+        assert_eq!(
+            tree_hash(&self.disk, ROOT_START, a.1 * 512),
+            self.tree,
+            "a file changed"
+        );
+        for e in &self.env {
+            let vars = run_ok("grub-editenv", &[e.to_str().unwrap(), "list"]);
+            for want in [
+                "BOOT_ORDER=A B",
+                "BOOT_A_LEFT=3",
+                "BOOT_B_LEFT=0",
+                "BOOT_GOOD=A",
+            ] {
+                assert!(vars.lines().any(|l| l == want), "{want} not in {vars}");
+            }
+        }
+        assert!(self.work.join("split-root.done").exists());
+        assert!(!self.work.join("split-root.e2undo").exists());
+    }
+}
+
+/// What a reboot does after a cut: the dead run's loop devices are gone.
+fn reboot(disk: &Path) {
+    let loops = run_ok("losetup", &["-j", disk.to_str().unwrap()]);
+    for dev in loops.lines().filter_map(|l| l.split(':').next()) {
+        let _ = Command::new("losetup").args(["-d", dev]).status();
+    }
+}
+
+#[test]
+fn splits_a_lone_root_partition_keeping_every_file() {
+    let Some(d) = device(Root::Files) else {
+        return;
+    };
+    let out = d.split(&[], &[]);
+    out.success();
+    let line = out.stdout_text();
+    assert!(
+        line.starts_with("split ")
+            && line.contains("slot A is partition 2")
+            && line.contains("slot B partition 3"),
+        "{line}"
+    );
+    d.assert_split();
+
+    // Done: the same command changes nothing and says so.
+    let before = std::fs::read(&d.disk).unwrap();
+    let env_before = std::fs::read(&d.env[0]).unwrap();
+    let again = d.split(&["--json"], &[]);
+    again.success();
+    let json: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(json["already_done"], true);
+    assert_eq!(json["slot_b"][0], 3);
+    assert!(
+        std::fs::read(&d.disk).unwrap() == before,
+        "a finished split was written again"
+    );
+    assert_eq!(std::fs::read(&d.env[0]).unwrap(), env_before);
+}
+
+#[test]
+fn refuses_a_root_it_cannot_split_changing_nothing() {
+    let Some(d) = device(Root::Vfat) else {
+        return;
+    };
+    d.split(&[], &[])
+        .assert_refused_with(4, &["partition 2 of", "holds vfat, not ext4"]);
+    d.assert_unchanged();
+
+    let Some(d) = device(Root::Full) else {
+        return;
+    };
+    d.split(&[], &[])
+        .assert_refused_with(4, &["free at least", "MiB (delete files)"]);
+    d.assert_unchanged();
+
+    // An inode in use cleared: e2fsck finds errors.
+    let Some(d) = device(Root::Files) else {
+        return;
+    };
+    let root_len = table(&d.disk)[1].1 * 512;
+    {
+        let dev = Loop::attach(&d.disk, ROOT_START, root_len);
+        run_ok("debugfs", &["-w", "-R", "clri /dir2/file4", &dev.0]);
+    }
+    let damaged = std::fs::read(&d.disk).unwrap();
+    let out = d.split(&[], &[]);
+    out.assert_refused_with(4, &["has errors", "repair it with e2fsck -f"]);
+    assert!(
+        std::fs::read(&d.disk).unwrap() == damaged,
+        "a refused split changed the disk"
+    );
+}
+
+/// Cuts after each of abup's own writes (plan, step markers, undo file removal, partition
+/// table, environment), then the same command again: every time, the split it finishes is
+/// exact and no file changed.
+#[test]
+fn a_cut_after_any_write_of_abup_is_finished_by_running_split_root_again() {
+    common::require_fault_injection();
+    let Some(d) = device(Root::Files) else {
+        return;
+    };
+    let full = d.split(&["-vv"], &[]);
+    full.success();
+    let writes = common::durable_writes(&full).len();
+    assert!(
+        writes >= 6,
+        "only {writes} writes: {:?}",
+        common::durable_writes(&full)
+    );
+    for n in 1..=writes {
+        d.reset();
+        let cut = d.split(
+            &[],
+            &[("ABUP_CUT_AFTER_WRITES", OsStr::new(&n.to_string()))],
+        );
+        assert_eq!(cut.code, None, "run {n} was not cut: {}", cut.stderr_text());
+        d.split(&[], &[]).success();
+        d.assert_split();
+    }
+}
+
+/// How many writes resize2fs makes in the split of `d` (to the device and its undo file),
+/// counted by strace on a copy of the field's disk, the way split-root runs it.
+fn resize2fs_writes(d: &Device) -> u64 {
+    d.reset();
+    let first = d.split(&[], &[("ABUP_CUT_TOOL", OsStr::new("resize2fs:1"))]);
+    assert_eq!(first.code, None, "{}", first.stderr_text());
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.work.join("split-root.json")).unwrap()).unwrap();
+    d.reset();
+    let root_len = table(&d.disk)[1].1 * 512;
+    let dev = Loop::attach(&d.disk, ROOT_START, root_len);
+    let undo = d.work.with_extension("count.e2undo");
+    let counts = d.work.with_extension("strace");
+    run_ok(
+        "strace",
+        &[
+            "-f",
+            "-c",
+            "-o",
+            counts.to_str().unwrap(),
+            "-e",
+            "trace=pwrite64,pwritev,pwritev2",
+            "resize2fs",
+            "-f",
+            "-z",
+            undo.to_str().unwrap(),
+            &dev.0,
+            &plan["new_blocks"].as_u64().unwrap().to_string(),
+        ],
+    );
+    drop(dev);
+    let _ = std::fs::remove_file(&undo);
+    let text = std::fs::read_to_string(&counts).unwrap();
+    d.reset();
+    text.lines()
+        .filter(|l| l.contains("pwrite"))
+        .map(|l| l.split_whitespace().nth(3).unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+/// Cuts inside resize2fs: at its first writes, at evenly spaced ones, at each of its last
+/// (the superblock and group descriptors go last), and inside the e2undo that the next run
+/// starts with; then runs to the end. Every time the old filesystem comes back, is shrunk
+/// again, and no file changes. `ABUP_SPLIT_EVERY_CUT=1` cuts at every write instead (about
+/// 3000, half an hour).
+#[test]
+fn a_cut_inside_the_shrink_or_its_undo_is_finished_by_running_split_root_again() {
+    common::require_fault_injection();
+    let Some(d) = device(Root::Files) else {
+        return;
+    };
+    let total = resize2fs_writes(&d);
+    assert!(
+        total > 500,
+        "resize2fs wrote only {total} times: nothing to move?"
+    );
+    let mut points: Vec<u64> = if std::env::var_os("ABUP_SPLIT_EVERY_CUT").is_some() {
+        (1..=total).collect()
+    } else {
+        let mut p: Vec<u64> = (1..=3).chain((1..24).map(|k| total * k / 24)).collect();
+        p.extend(total.saturating_sub(8)..=total);
+        p
+    };
+    points.dedup();
+    for (i, n) in points.iter().enumerate() {
+        d.reset();
+        let tool = format!("resize2fs:{n}");
+        let cut = d.split(&[], &[("ABUP_CUT_TOOL", OsStr::new(&tool))]);
+        assert_eq!(cut.code, None, "{tool} was not cut: {}", cut.stderr_text());
+        if i % 4 == 3 {
+            // The run that undoes the cut shrink is cut too, inside e2undo.
+            let undo = format!("e2undo:{}", 1 + n / 3);
+            let cut = d.split(&[], &[("ABUP_CUT_TOOL", OsStr::new(&undo))]);
+            assert!(
+                cut.code.is_none() || cut.code == Some(0),
+                "{tool}, then {undo}: {}",
+                cut.stderr_text()
+            );
+        }
+        let again = d.split(&[], &[]);
+        assert_eq!(again.code, Some(0), "after {tool}: {}", again.stderr_text());
+        d.assert_split();
+    }
+}
