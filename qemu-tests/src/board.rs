@@ -19,6 +19,9 @@ pub enum Board {
     UbootArm64,
     /// i440fx with the 32-bit U-Boot, environment as on arm64.
     UbootX86,
+    /// OVMF and GRUB like `GrubUefi`, on a single-root disk that `abup split-root` converts
+    /// from the initramfs on its first boot (`crate::split`).
+    GrubUefiSplit,
 }
 
 /// Boots a slot may take before the bootloader gives up on it (`tries` in every QEMU board).
@@ -31,6 +34,7 @@ impl Board {
             Board::GrubBios | Board::GrubUefi => "qemu-x86_64-grub",
             Board::UbootArm64 => "qemu-arm64-uboot",
             Board::UbootX86 => "qemu-x86-uboot",
+            Board::GrubUefiSplit => "qemu-x86_64-grub-split",
         }
     }
 
@@ -41,6 +45,7 @@ impl Board {
             Board::GrubUefi => "grub-uefi",
             Board::UbootArm64 => "uboot-arm64",
             Board::UbootX86 => "uboot-x86",
+            Board::GrubUefiSplit => "grub-uefi-split",
         }
     }
 
@@ -58,7 +63,10 @@ impl Board {
     }
 
     pub fn is_grub(self) -> bool {
-        matches!(self, Board::GrubBios | Board::GrubUefi)
+        matches!(
+            self,
+            Board::GrubBios | Board::GrubUefi | Board::GrubUefiSplit
+        )
     }
 
     /// Whether abup runs inside the guest. Only the x86_64 Rust target exists here, so the
@@ -122,7 +130,7 @@ impl Board {
                 c
             }
             Board::GrubBios => Command::new("qemu-system-x86_64"),
-            Board::GrubUefi => {
+            Board::GrubUefi | Board::GrubUefiSplit => {
                 let vars = dir.join("OVMF_VARS_4M.fd");
                 if !vars.exists() {
                     std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)?;

@@ -73,7 +73,7 @@ impl Template {
 
 /// `abup bundle create` with the release key `secret`, at security version 1; a delta against
 /// `base` when one is given (at abup's default level for deltas).
-fn create_bundle(
+pub(crate) fn create_bundle(
     secret: &Path,
     compatible: &str,
     image: &Path,
@@ -95,7 +95,7 @@ fn create_bundle(
 
 fn template(board: Board) -> Result<Arc<Template>> {
     // One per board, each built under its own lock so boards build in parallel.
-    static TEMPLATES: [Mutex<Option<Arc<Template>>>; 4] = [const { Mutex::new(None) }; 4];
+    static TEMPLATES: [Mutex<Option<Arc<Template>>>; 5] = [const { Mutex::new(None) }; 5];
     let index = board as usize;
     let mut slot = TEMPLATES[index]
         .lock()
@@ -103,10 +103,16 @@ fn template(board: Board) -> Result<Arc<Template>> {
     if let Some(t) = slot.as_ref() {
         return Ok(Arc::clone(t));
     }
-    let t = Arc::new(
+    let built = if board == Board::GrubUefiSplit {
+        crate::split::build(board).map(|(dir, disk, compatible)| Template {
+            dir,
+            disk,
+            compatible,
+        })
+    } else {
         build_template(board)
-            .with_context(|| format!("building the {} disk image", board.name()))?,
-    );
+    };
+    let t = Arc::new(built.with_context(|| format!("building the {} disk image", board.name()))?);
     *slot = Some(Arc::clone(&t));
     Ok(t)
 }
@@ -569,7 +575,8 @@ impl Device {
         Ok(())
     }
 
-    fn restore_disk(&self) -> Result<()> {
+    /// Puts back the disk (and host state) `save_disk` kept.
+    pub fn restore_disk(&self) -> Result<()> {
         run(Command::new("cp")
             .arg("--sparse=always")
             .arg(&self.saved)

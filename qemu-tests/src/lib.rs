@@ -9,6 +9,7 @@ pub mod board;
 pub mod device;
 pub mod image;
 pub mod rootfs;
+pub mod split;
 pub mod vm;
 
 use std::process::Command;

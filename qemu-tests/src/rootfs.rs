@@ -110,25 +110,7 @@ pub fn build(board: Board, slot: SlotImage<'_>, keyring: &Path, out: &Path) -> R
     if slot.defect != Some(Defect::NoKernel) {
         fs::copy(&kernel.image, root.join("boot/vmlinuz"))?;
     }
-    let release = kernel
-        .modules
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let modules = root.join("lib/modules").join(&release);
-    fs::create_dir_all(&modules)?;
-    for module in [
-        "fs/fat/fat.ko",
-        "fs/fat/vfat.ko",
-        "fs/nls/nls_cp437.ko",
-        "fs/nls/nls_ascii.ko",
-    ] {
-        let name = module.rsplit('/').next().unwrap_or(module);
-        fs::copy(
-            kernel.modules.join("kernel").join(module),
-            modules.join(name),
-        )?;
-    }
+    fat_modules(board.arch(), root)?;
 
     let config = board.config_dir();
     fs::copy(config.join("board.toml"), root.join("etc/abup/board.toml"))?;
@@ -181,6 +163,12 @@ pub fn build(board: Board, slot: SlotImage<'_>, keyring: &Path, out: &Path) -> R
 
 fn rcs(board: Board) -> String {
     let boot = board.boot_mount();
+    // The split board has no data partition; what the tests keep there lives in memory.
+    let data = if board == Board::GrubUefiSplit {
+        "mount -t tmpfs tmpfs /data"
+    } else {
+        "mount -t ext4 /dev/nvme0n1p4 /data"
+    };
     format!(
         r#"#!/bin/sh
 # Test guest start-up: mount what abup needs, run the boot-success service, report.
@@ -193,7 +181,7 @@ mkdir -p /run/lock
 mount -t tmpfs tmpfs /tmp
 for m in fat vfat nls_cp437 nls_ascii; do insmod /lib/modules/$(uname -r)/$m.ko; done
 mount -t vfat -o iocharset=ascii /dev/nvme0n1p1 {boot}
-mount -t ext4 /dev/nvme0n1p4 /data
+{data}
 mkdir -p /data/abup-test
 slot=$(sed -n 's/.*abup\.slot=\([^ ]*\).*/\1/p' /proc/cmdline)
 echo "{BOOTED}slot=$slot version=$(cat /etc/abup-test-version)"
@@ -204,6 +192,31 @@ fi
 echo "{READY}"
 "#
     )
+}
+
+/// The kernel modules a guest loads to mount its FAT partition, into `root`'s
+/// `lib/modules/<release>/` (flat: the guests load them by path with insmod).
+pub fn fat_modules(arch: Arch, root: &Path) -> Result<()> {
+    let kernel = artifacts::kernel(arch)?;
+    let release = kernel
+        .modules
+        .file_name()
+        .context("the kernel's modules directory has no release name")?;
+    let modules = root.join("lib/modules").join(release);
+    fs::create_dir_all(&modules)?;
+    for module in [
+        "fs/fat/fat.ko",
+        "fs/fat/vfat.ko",
+        "fs/nls/nls_cp437.ko",
+        "fs/nls/nls_ascii.ko",
+    ] {
+        let name = module.rsplit('/').next().unwrap_or(module);
+        fs::copy(
+            kernel.modules.join("kernel").join(module),
+            modules.join(name),
+        )?;
+    }
+    Ok(())
 }
 
 fn write_exec(path: &Path, text: &str) -> Result<()> {

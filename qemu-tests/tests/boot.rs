@@ -14,9 +14,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{ensure, Context, Result};
 use qemu_tests::board::{Board, TRIES};
 use qemu_tests::device::{
-    Aim, Boot, Device, BUNDLES, BUNDLE_NO_KERNEL, BUNDLE_PANIC, BUNDLE_V2, INSTALL_TIMEOUT,
+    Aim, Boot, Device, BOOT_TIMEOUT, BUNDLES, BUNDLE_NO_KERNEL, BUNDLE_PANIC, BUNDLE_V2,
+    INSTALL_TIMEOUT,
 };
 use qemu_tests::rootfs::Defect;
+use qemu_tests::split;
 use serde_json::Value;
 
 /// A small deterministic generator, so a failing cut point can be replayed from its seed.
@@ -365,4 +367,101 @@ board_tests! {
     grub_uefi => Board::GrubUefi; also delta,
     uboot_x86 => Board::UbootX86; also delta,
     uboot_arm64 => Board::UbootArm64,
+}
+
+/// Cuts of the split scenario: `ABUP_QEMU_SPLIT_CUTS`, at least 5.
+fn split_cuts() -> usize {
+    std::env::var("ABUP_QEMU_SPLIT_CUTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(5)
+        .max(5)
+}
+
+/// A device in the field with one root partition converted by `abup split-root` from its
+/// initramfs on the first boot: QEMU is killed at random points of the split (every other
+/// cut at a random point of the shrink itself, after resize2fs started), and every next
+/// power-on comes up on slot A with the split finished, both tables valid and every file of
+/// the root filesystem unchanged. Then, from the factory disk again, an uncut first boot
+/// splits, a bundle is installed into the new slot B in that same boot, B boots and its
+/// boot-success service confirms it.
+#[test]
+fn grub_uefi_split() -> Result<()> {
+    let board = Board::GrubUefiSplit;
+    let mut rng = Rng::new("grub-uefi-split");
+    let mut dev = Device::new(board, "split")?;
+    let root_len = split::partitions(&dev.disk)?[1].1;
+    let tree = split::tree_hash(&dev.disk, split::ROOT_START, root_len)?;
+    dev.save_disk()?;
+    // Where to aim: cuts come up to this long after the split started; a cut that finds the
+    // split already done narrows the window and does not count.
+    let mut window = 30.0;
+    let (mut cuts, mut tries) = (0, 0);
+    while cuts < split_cuts() {
+        tries += 1;
+        ensure!(
+            tries <= 4 * split_cuts(),
+            "only {cuts} cuts landed in a split"
+        );
+        dev.restore_disk()?;
+        let mut vm = dev.power_on()?;
+        vm.expect(split::SPLITTING, BOOT_TIMEOUT)?;
+        let aim = if cuts % 2 == 1 {
+            vm.expect(split::SHRINKING, BOOT_TIMEOUT)?;
+            "the shrink"
+        } else {
+            "the split"
+        };
+        let after = rng.range(0.0, window);
+        match vm.expect(split::SPLIT, Duration::from_secs_f64(after)) {
+            Ok(_) => {
+                vm.kill();
+                window = (after * 0.8).max(0.5);
+                eprintln!("the split was done before {after:.1} s; aiming within {window:.1} s");
+                continue;
+            }
+            Err(_) => vm.kill(),
+        }
+        cuts += 1;
+        eprintln!("cut {cuts}: QEMU killed {after:.1} s into {aim}");
+        let mut boot = dev.boot()?;
+        ensure!(
+            boot.slot == "A" && boot.version == "1.0",
+            "after cut {cuts}: {boot:?}"
+        );
+        check_status(&boot.status, "A", "A")?;
+        ensure!(
+            slot(&boot.status, "A")["confirmed"] == true,
+            "{}",
+            boot.status
+        );
+        dev.shutdown(&mut boot)?;
+        let parts = split::partitions(&dev.disk)?;
+        ensure!(parts.len() == 3, "after cut {cuts} the disk has {parts:?}");
+        let sgdisk = Command::new("sgdisk").arg("-v").arg(&dev.disk).output()?;
+        ensure!(
+            String::from_utf8_lossy(&sgdisk.stdout).contains("No problems found"),
+            "sgdisk -v after cut {cuts}: {}",
+            String::from_utf8_lossy(&sgdisk.stdout)
+        );
+        ensure!(
+            split::tree_hash(&dev.disk, parts[1].0, parts[1].1)? == tree,
+            "after cut {cuts}, a file of the root filesystem changed"
+        );
+    }
+
+    dev.restore_disk()?;
+    let mut boot = dev.boot()?;
+    let (out, code) = dev.abup(
+        &mut boot,
+        &format!("install --progress none {}", split::BUNDLE_V2),
+    )?;
+    ensure!(
+        code == 0,
+        "abup install into the new slot B exited {code}:\n{out}"
+    );
+    dev.shutdown(&mut boot)?;
+    let status = dev.boot_expecting("B", "2.0")?;
+    ensure!(slot(&status, "B")["confirmed"] == true, "{status}");
+    Ok(())
 }

@@ -150,9 +150,16 @@ pub fn split_root(board: &Board, opts: &Options) -> Result<Summary> {
     std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
     let disk = open_disk(&disk_path)?;
     let done = last_step(work);
-    let (plan, resumed) = match done {
-        Some(_) => (read_plan(work, &disk, &disk_path)?, true),
+    let (plan, resumed) = match read_plan(work, &disk, &disk_path)? {
+        Some(plan) => (plan, true),
         None => {
+            if done.is_some_and(|d| d > Step::Planned) {
+                bail!(
+                    "the split plan {} is damaged, but the split went past the shrink: keep \
+                     the work directory, and compare the partition table with its step markers",
+                    work.join(PLAN).display()
+                );
+            }
             let plan = make_plan(board, opts, &disk, &disk_path, number)?;
             let bytes = serde_json::to_vec_pretty(&plan).context("encoding the split plan")?;
             create_once(&work.join(PLAN), &bytes)?;
@@ -269,15 +276,29 @@ fn last_step(work: &Path) -> Option<Step> {
     )
 }
 
-fn read_plan(work: &Path, disk: &File, disk_path: &Path) -> Result<Plan> {
+/// The plan of a split that was started, if one was and its plan can be read.
+///
+/// A plan that is empty or cut short is a FAT filesystem's doing after a power cut during
+/// its creation (its directory entry made it to the disk, its contents not): that run
+/// cannot have started the shrink, which waits for the plan to be written, so a new plan is
+/// made (see `make_plan` for an undo file a later run may have left).
+fn read_plan(work: &Path, disk: &File, disk_path: &Path) -> Result<Option<Plan>> {
     let path = work.join(PLAN);
-    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    let plan: Plan = serde_json::from_slice(&bytes).with_context(|| {
-        format!(
-            "{} is not a split plan abup can read: if no split was started, remove it",
-            path.display()
-        )
-    })?;
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let plan: Plan = match serde_json::from_slice(&bytes) {
+        Ok(p) => p,
+        Err(e) => {
+            log::warn!(
+                "{} is damaged ({e}): a cut run was writing it; planning again",
+                path.display()
+            );
+            return Ok(None);
+        }
+    };
     let guid = crate::disk::table::disk_guid(disk)?;
     if guid != plan.disk_guid {
         bail!(
@@ -288,7 +309,7 @@ fn read_plan(work: &Path, disk: &File, disk_path: &Path) -> Result<Plan> {
             disk_path.display()
         );
     }
-    Ok(plan)
+    Ok(Some(plan))
 }
 
 /// Checks everything that can make the split impossible, changing nothing.
@@ -327,6 +348,13 @@ fn make_plan(
         new_blocks: 0,
     };
     let fs = FsDevice::attach(disk_path, &probe_plan)?;
+    let undo = opts.work_dir.join(UNDO);
+    if undo.exists() {
+        // Left by a shrink whose plan a FAT work directory lost (see `read_plan`).
+        log::warn!("an undo file without a plan: putting back what it saved");
+        undo_blocks(&fs.path, &undo)?;
+        remove_undo(&opts.work_dir)?;
+    }
     let kind = filesystem_type(&fs.path);
     if kind.as_deref() != Some("ext4") {
         return Err(refuse(format!(
@@ -523,8 +551,8 @@ fn partition_node(disk: &Path, number: u32) -> Option<PathBuf> {
 /// started first puts the old filesystem back.
 fn shrink(dev: &Path, plan: &Plan, work: &Path, resumed: bool) -> Result<()> {
     let undo = work.join(UNDO);
-    if resumed {
-        restore(dev, plan, &undo)?;
+    if resumed && restore(dev, plan, &undo)? {
+        return Ok(());
     }
     if plan.new_blocks == plan.old_blocks {
         return Ok(());
@@ -566,28 +594,17 @@ fn shrink(dev: &Path, plan: &Plan, work: &Path, resumed: bool) -> Result<()> {
 }
 
 /// Puts the filesystem back as it was before the shrink, from the undo file when a shrink
-/// wrote one, and checks that the result is the old filesystem, whole.
-fn restore(dev: &Path, plan: &Plan, undo: &Path) -> Result<()> {
+/// wrote one, and checks that the result is the old filesystem, whole. Without an undo file
+/// the shrink may also be complete (its marker lost on FAT after the undo file's removal
+/// made it to the disk): then it returns true.
+fn restore(dev: &Path, plan: &Plan, undo: &Path) -> Result<bool> {
+    let had_undo = undo.exists();
     if undo.exists() {
         log::info!(
             "a shrink was cut; putting the filesystem back from {}",
             undo.display()
         );
-        let mut cmd = crate::failpoint::tool("e2undo");
-        // -f: a cut shrink never marked its undo file finished, which e2undo otherwise
-        // refuses; every block in it was saved before its first overwrite.
-        let out = cmd
-            .arg("-f")
-            .arg(undo)
-            .arg(dev)
-            .output()
-            .context("running e2undo")?;
-        crate::failpoint::tool_exited("e2undo", &out.status);
-        // An undo file cut before its first block holds nothing to put back, and e2undo
-        // says it is not one; the check below decides.
-        if !out.status.success() {
-            log::info!("e2undo: {}", String::from_utf8_lossy(&out.stderr).trim());
-        }
+        undo_blocks(dev, undo)?;
     }
     let header = run(Command::new("dumpe2fs").arg("-h").arg(dev))?;
     let blocks: Option<u64> = header
@@ -598,7 +615,8 @@ fn restore(dev: &Path, plan: &Plan, undo: &Path) -> Result<()> {
         .arg(dev)
         .output()
         .context("running e2fsck")?;
-    if blocks != Some(plan.old_blocks) || !check.status.success() {
+    let shrunk = !had_undo && blocks == Some(plan.new_blocks);
+    if !(blocks == Some(plan.old_blocks) || shrunk) || !check.status.success() {
         bail!(
             "the root filesystem on {} is not whole after undoing a cut shrink ({} blocks, \
              e2fsck -fn exit {}); keep the work directory and repair it with e2fsck -f",
@@ -606,6 +624,26 @@ fn restore(dev: &Path, plan: &Plan, undo: &Path) -> Result<()> {
             blocks.map_or("unknown".into(), |b| b.to_string()),
             check.status.code().unwrap_or(-1)
         );
+    }
+    Ok(shrunk)
+}
+
+/// Writes back the blocks the undo file saved.
+fn undo_blocks(dev: &Path, undo: &Path) -> Result<()> {
+    let mut cmd = crate::failpoint::tool("e2undo");
+    // -f: a cut shrink never marked its undo file finished, which e2undo otherwise refuses;
+    // every block in it was saved before its first overwrite.
+    let out = cmd
+        .arg("-f")
+        .arg(undo)
+        .arg(dev)
+        .output()
+        .context("running e2undo")?;
+    crate::failpoint::tool_exited("e2undo", &out.status);
+    // An undo file cut before its first block holds nothing to put back, and e2undo says
+    // it is not one; the filesystem check that follows decides.
+    if !out.status.success() {
+        log::info!("e2undo: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
@@ -637,10 +675,13 @@ fn create_once(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The directory, and the whole filesystem it is on: on FAT a directory's fsync does not
+/// cover the allocation table a new file's clusters are in.
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))
+    let d = File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    d.sync_all()
+        .with_context(|| format!("syncing {}", dir.display()))?;
+    nix::unistd::syncfs(&d).with_context(|| format!("syncing the filesystem of {}", dir.display()))
 }
 
 /// The factory state (A first, confirmed), replacing what a cut run left half made.
@@ -674,7 +715,9 @@ fn reread_partitions(disk: &File, path: &Path) {
         return;
     }
     if let Err(e) = run(Command::new("blockdev").arg("--rereadpt").arg(path)) {
-        log::warn!("the kernel keeps the old partition table until the next boot: {e:#}");
+        // The work directory's partition is usually still mounted from the same disk; the
+        // initramfs script asks again once it is not.
+        log::info!("the kernel keeps the old partition table for now: {e:#}");
     }
 }
 
