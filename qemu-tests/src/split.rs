@@ -124,7 +124,7 @@ pub fn initramfs(config: &Path, out: &Path) -> Result<()> {
         .arg(&abup)
         .arg(&stripped))?;
     let mut binaries = vec![stripped];
-    for tool in ["resize2fs", "e2fsck", "e2undo", "dumpe2fs"] {
+    for tool in ["resize2fs", "e2fsck", "e2image", "dumpe2fs"] {
         let dest = root.join("sbin").join(tool);
         let _ = fs::remove_file(&dest);
         fs::copy(Path::new("/usr/sbin").join(tool), &dest)?;

@@ -161,10 +161,12 @@ pub enum Command {
         slot A's device from board.toml, or --disk and --partition.\n\n\
         Refused with nothing changed (exit status 4) when the partition does not hold ext4, \
         the filesystem has errors, it is too full to leave B half the partition (the message \
-        says how much to free), or the work directory has no room for the undo file.\n\n\
+        says how much to free), or the work directory has no room for the backup of the \
+        blocks the shrink changes.\n\n\
         Cut at any point (power, kill), the same command finishes the split: the plan and a \
-        marker per finished step are files in --work-dir, and a cut shrink is undone from \
-        the undo file resize2fs keeps there, then done again. Until the environment exists \
+        marker per finished step are files in --work-dir; before resize2fs runs, every block \
+        it is going to change is saved there (found by a dry run on a metadata copy), so a \
+        cut shrink is undone by writing them back, then done again. Until the environment exists \
         the bootloader must load the kernel from outside the root filesystem (docs/\
         split-root.md). On a split it finished, it changes nothing and says so."
     )]
@@ -256,9 +258,9 @@ pub struct ProvisionArgs {
 
 #[derive(Debug, Args)]
 pub struct SplitRootArgs {
-    /// Where the plan, the step markers and the shrink's undo file live: a directory on
-    /// another filesystem than the root partition's (e.g. on the ESP), with room for the
-    /// undo file (about the size of the data beyond the first half of the filesystem).
+    /// Where the plan, the step markers and the backup of the blocks the shrink changes
+    /// live: a directory on another filesystem than the root partition's (e.g. on the ESP),
+    /// with room for the backup (the metadata the shrink rewrites: a few MiB per GiB).
     #[arg(long, value_name = "DIR")]
     pub work_dir: PathBuf,
 

@@ -132,7 +132,7 @@ fn lose_unsynced() -> usize {
     lost
 }
 
-/// The external tool `name` (resize2fs, e2undo), as a command to run. With
+/// The external tool `name` (resize2fs), as a command to run. With
 /// `ABUP_CUT_TOOL=<name>:N` armed, it runs under strace, which kills it (SIGKILL) as it
 /// starts its N-th write to a file or device, so tests can cut inside the tool's own writes:
 /// everything it wrote before is in the kernel, nothing after. Then [`tool_exited`] cuts abup.

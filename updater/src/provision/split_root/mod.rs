@@ -6,14 +6,14 @@
 //!
 //! Power can fail at any instant, and resize2fs is not crash-safe by itself: a shrink moves
 //! blocks and rewrites metadata in place. So every step is recorded in the work directory (on
-//! another filesystem, e.g. the ESP) before and after it runs, and the shrink writes an undo
-//! file there (`resize2fs -z`): e2fsprogs' undo I/O saves each block's old contents to it
-//! before the block is overwritten. A run that finds the shrink started puts the old
-//! filesystem back with `e2undo` and shrinks again. The partition table changes only after
-//! the shrink is complete, and both tables are bootable: the old one holds the shrunk
-//! filesystem in a partition larger than it, the new one in a partition of its size. The
-//! environment, last, is what makes the bootloader treat the disk as split (board READMEs:
-//! until then it boots the kernel from outside the root filesystem).
+//! another filesystem, e.g. the ESP) before and after it runs, and before resize2fs runs, the
+//! blocks it is going to change are saved there with their old contents ([`backup`]). A run
+//! that finds the shrink started writes them back, which gives the old filesystem, and
+//! shrinks again. The partition table changes only after the shrink is complete, and both
+//! tables are bootable: the old one holds the shrunk filesystem in a partition larger than
+//! it, the new one in a partition of its size. The environment, last, is what makes the
+//! bootloader treat the disk as split (board READMEs: until then it boots the kernel from
+//! outside the root filesystem).
 //!
 //! The steps are files in the work directory, each created once and never rewritten (the
 //! work directory is often FAT, where a rename over an existing file is not atomic): the plan
@@ -33,9 +33,13 @@ use crate::bootenv::Location;
 use crate::disk::layout::SECTOR;
 use crate::install::Refused;
 
+mod backup;
+
+use backup::Backup;
+
 const MIB: u64 = 1024 * 1024;
 const PLAN: &str = "split-root.json";
-const UNDO: &str = "split-root.e2undo";
+const BACKUP: &str = "split-root.backup";
 
 /// The steps after the plan, in order; each is done when its marker file exists.
 const STEPS: [Step; 3] = [Step::Shrunk, Step::Table, Step::Done];
@@ -44,7 +48,7 @@ const STEPS: [Step; 3] = [Step::Shrunk, Step::Table, Step::Done];
 enum Step {
     /// The plan is written; the shrink may have started.
     Planned,
-    /// The filesystem has slot A's size; the undo file is gone.
+    /// The filesystem has slot A's size; the backup is no longer needed.
     Shrunk,
     /// The partition table holds slots A and B.
     Table,
@@ -69,8 +73,8 @@ pub struct Options {
     pub disk: Option<PathBuf>,
     /// The root partition's number on `disk` (1-based).
     pub partition: Option<u32>,
-    /// Holds the plan, the step markers and the undo file; on another filesystem than the
-    /// root partition's, with room for the undo file.
+    /// Holds the plan, the step markers and the backup; on another filesystem than the
+    /// root partition's, with room for the backup.
     pub work_dir: PathBuf,
     /// The new partition's GPT name.
     pub name: Option<String>,
@@ -187,7 +191,7 @@ pub fn split_root(board: &Board, opts: &Options) -> Result<Summary> {
         create_once(&work.join(Step::Shrunk.marker()), b"")?;
     }
     // Not needed once the shrink is recorded; a run cut right after that left it.
-    remove_undo(work)?;
+    remove_backup(work)?;
     if done < Step::Table {
         crate::disk::table::split(
             &disk,
@@ -281,7 +285,7 @@ fn last_step(work: &Path) -> Option<Step> {
 /// A plan that is empty or cut short is a FAT filesystem's doing after a power cut during
 /// its creation (its directory entry made it to the disk, its contents not): that run
 /// cannot have started the shrink, which waits for the plan to be written, so a new plan is
-/// made (see `make_plan` for an undo file a later run may have left).
+/// made (see `make_plan` for a backup a later run may have left).
 fn read_plan(work: &Path, disk: &File, disk_path: &Path) -> Result<Option<Plan>> {
     let path = work.join(PLAN);
     let bytes = match std::fs::read(&path) {
@@ -348,12 +352,11 @@ fn make_plan(
         new_blocks: 0,
     };
     let fs = FsDevice::attach(disk_path, &probe_plan)?;
-    let undo = opts.work_dir.join(UNDO);
-    if undo.exists() {
+    if let Some(saved) = read_backup(&opts.work_dir)? {
         // Left by a shrink whose plan a FAT work directory lost (see `read_plan`).
-        log::warn!("an undo file without a plan: putting back what it saved");
-        undo_blocks(&fs.path, &undo)?;
-        remove_undo(&opts.work_dir)?;
+        log::warn!("a backup without a plan: putting back the blocks it saved");
+        saved.restore(&open_rw(&fs.path)?)?;
+        remove_backup(&opts.work_dir)?;
     }
     let kind = filesystem_type(&fs.path);
     if kind.as_deref() != Some("ext4") {
@@ -410,17 +413,6 @@ fn make_plan(
             need.div_ceil(MIB)
         )));
     }
-    let room = undo_room(&opts.work_dir)?;
-    let want = undo_estimate(&fs.path, block_size, new_blocks)?;
-    if room < want {
-        return Err(refuse(format!(
-            "the work directory {} has {} MiB free and the shrink's undo file may need {} MiB: \
-             give a work directory with more room",
-            opts.work_dir.display(),
-            room / MIB,
-            want.div_ceil(MIB)
-        )));
-    }
     let b_name = match &opts.name {
         Some(n) => n.clone(),
         None => board
@@ -450,42 +442,10 @@ fn filesystem_type(dev: &Path) -> Option<String> {
 }
 
 /// Free bytes in the work directory.
-fn undo_room(work: &Path) -> Result<u64> {
+fn room(work: &Path) -> Result<u64> {
     let st = nix::sys::statvfs::statvfs(work)
         .with_context(|| format!("reading the free space of {}", work.display()))?;
     Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
-}
-
-/// How large the undo file can get: the old contents of every block the shrink writes, which
-/// are the blocks it moves out of the freed part (their new places) and the metadata it
-/// rewrites. The used blocks beyond the new end come from dumpe2fs's group summaries; the
-/// metadata is bounded by a thirty-second of the filesystem and 4 MiB.
-fn undo_estimate(dev: &Path, block_size: u64, new_blocks: u64) -> Result<u64> {
-    let groups = run(Command::new("dumpe2fs").arg(dev))?;
-    let mut moved = 0;
-    let mut range = None;
-    for line in groups.lines() {
-        if let Some(rest) = line.strip_prefix("Group ") {
-            range = rest
-                .split("(Blocks ")
-                .nth(1)
-                .and_then(|r| r.split(')').next())
-                .and_then(|r| r.split_once('-'))
-                .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
-        } else if let (Some((first, last)), Some(free)) = (
-            range,
-            line.trim()
-                .split_once(" free blocks,")
-                .and_then(|(n, _)| n.parse::<u64>().ok()),
-        ) {
-            if last >= new_blocks {
-                let beyond = last + 1 - first.max(new_blocks);
-                moved += beyond.min((last + 1 - first).saturating_sub(free));
-            }
-            range = None;
-        }
-    }
-    Ok(moved * block_size + new_blocks * block_size / 32 + 4 * MIB)
 }
 
 /// The root filesystem as a device: its partition node on a block device, a loop device over
@@ -547,117 +507,147 @@ fn partition_node(disk: &Path, number: u32) -> Option<PathBuf> {
     })
 }
 
-/// Shrinks the filesystem to slot A's size with an undo file; a run that finds the shrink
-/// started first puts the old filesystem back.
+/// Shrinks the filesystem to slot A's size, the blocks it changes saved first; a run that
+/// finds the shrink started first puts them back.
 fn shrink(dev: &Path, plan: &Plan, work: &Path, resumed: bool) -> Result<()> {
-    let undo = work.join(UNDO);
-    if resumed && restore(dev, plan, &undo)? {
-        return Ok(());
-    }
-    if plan.new_blocks == plan.old_blocks {
-        return Ok(());
-    }
-    remove_undo(work)?;
+    let device = open_rw(dev)?;
+    let saved = match read_backup(work)? {
+        Some(saved) => {
+            log::info!(
+                "a shrink was cut; putting back the {} blocks it changes",
+                saved.blocks.len()
+            );
+            saved.restore(&device)?;
+            check(dev, plan, false)?;
+            saved
+        }
+        None => {
+            // No backup: resize2fs never ran (or its marker was lost after the backup's
+            // removal, and the shrink is complete).
+            if resumed && check(dev, plan, true)? {
+                return Ok(());
+            }
+            if plan.new_blocks == plan.old_blocks {
+                return Ok(());
+            }
+            let blocks =
+                backup::changed_blocks(dev, plan.block_size, plan.old_blocks, plan.new_blocks)?;
+            let saved = Backup::read(&device, plan.block_size, blocks)?;
+            let free = room(work)?;
+            if free < saved.bytes() + MIB {
+                forget_plan(work)?;
+                return Err(Refused(format!(
+                    "the work directory {} has {} MiB free and the shrink's backup needs {} MiB: \
+                     give a work directory with more room",
+                    work.display(),
+                    free / MIB,
+                    (saved.bytes() + MIB).div_ceil(MIB)
+                ))
+                .into());
+            }
+            create_once(&work.join(BACKUP), &saved.encode())?;
+            saved
+        }
+    };
     log::info!(
-        "shrinking {} from {} to {} blocks of {} bytes",
+        "shrinking {} from {} to {} blocks of {} bytes ({} blocks saved)",
         dev.display(),
         plan.old_blocks,
         plan.new_blocks,
-        plan.block_size
+        plan.block_size,
+        saved.blocks.len()
     );
     let mut cmd = crate::failpoint::tool("resize2fs");
-    // -f: resize2fs wants an e2fsck -f newer than the last mount (and one after e2undo);
-    // the e2fsck -fn just before (plan, restore) is that check, without writing.
-    cmd.arg("-f")
-        .arg("-z")
-        .arg(&undo)
-        .arg(dev)
-        .arg(plan.new_blocks.to_string());
+    // -f: resize2fs wants an e2fsck -f newer than the last mount; the e2fsck -fn just
+    // before (plan, check) is that check, without writing.
+    cmd.arg("-f").arg(dev).arg(plan.new_blocks.to_string());
     let out = cmd.output().context("running resize2fs")?;
     crate::failpoint::tool_exited("resize2fs", &out.status);
     if !out.status.success() {
         let why = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-        // The undo file has every block resize2fs changed: the filesystem goes back as it was.
-        restore(dev, plan, &undo).context("putting the filesystem back after resize2fs failed")?;
-        remove_undo(work)?;
-        std::fs::remove_file(work.join(PLAN))
-            .with_context(|| format!("removing {}", work.join(PLAN).display()))?;
+        saved
+            .restore(&device)
+            .context("putting the filesystem back after resize2fs failed")?;
+        check(dev, plan, false)?;
+        remove_backup(work)?;
+        forget_plan(work)?;
         return Err(Refused(format!(
             "resize2fs could not shrink the filesystem ({why}); it is back as it was"
         ))
         .into());
     }
-    File::open(dev)
-        .and_then(|f| f.sync_all())
+    device
+        .sync_all()
         .with_context(|| format!("syncing {}", dev.display()))?;
     Ok(())
 }
 
-/// Puts the filesystem back as it was before the shrink, from the undo file when a shrink
-/// wrote one, and checks that the result is the old filesystem, whole. Without an undo file
-/// the shrink may also be complete (its marker lost on FAT after the undo file's removal
-/// made it to the disk): then it returns true.
-fn restore(dev: &Path, plan: &Plan, undo: &Path) -> Result<bool> {
-    let had_undo = undo.exists();
-    if undo.exists() {
-        log::info!(
-            "a shrink was cut; putting the filesystem back from {}",
-            undo.display()
-        );
-        undo_blocks(dev, undo)?;
-    }
+fn open_rw(dev: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev)
+        .with_context(|| format!("opening {}", dev.display()))
+}
+
+/// A refused split leaves no plan, so the next run checks everything again.
+fn forget_plan(work: &Path) -> Result<()> {
+    let plan = work.join(PLAN);
+    std::fs::remove_file(&plan).with_context(|| format!("removing {}", plan.display()))?;
+    sync_dir(work)
+}
+
+/// Checks that the filesystem is whole and the old one, or with `may_be_shrunk` the
+/// shrunk one (then returns true).
+fn check(dev: &Path, plan: &Plan, may_be_shrunk: bool) -> Result<bool> {
     let header = run(Command::new("dumpe2fs").arg("-h").arg(dev))?;
     let blocks: Option<u64> = header
         .lines()
         .find_map(|l| l.strip_prefix("Block count:")?.trim().parse().ok());
-    let check = Command::new("e2fsck")
+    let fsck = Command::new("e2fsck")
         .args(["-f", "-n"])
         .arg(dev)
         .output()
         .context("running e2fsck")?;
-    let shrunk = !had_undo && blocks == Some(plan.new_blocks);
-    if !(blocks == Some(plan.old_blocks) || shrunk) || !check.status.success() {
+    let shrunk = may_be_shrunk && blocks == Some(plan.new_blocks);
+    if !(blocks == Some(plan.old_blocks) || shrunk) || !fsck.status.success() {
         bail!(
-            "the root filesystem on {} is not whole after undoing a cut shrink ({} blocks, \
-             e2fsck -fn exit {}); keep the work directory and repair it with e2fsck -f",
+            "the root filesystem on {} is not whole after a cut shrink ({} blocks, e2fsck -fn \
+             exit {}); keep the work directory and repair it with e2fsck -f",
             dev.display(),
             blocks.map_or("unknown".into(), |b| b.to_string()),
-            check.status.code().unwrap_or(-1)
+            fsck.status.code().unwrap_or(-1)
         );
     }
     Ok(shrunk)
 }
 
-/// Writes back the blocks the undo file saved.
-fn undo_blocks(dev: &Path, undo: &Path) -> Result<()> {
-    let mut cmd = crate::failpoint::tool("e2undo");
-    // -f: a cut shrink never marked its undo file finished, which e2undo otherwise refuses;
-    // every block in it was saved before its first overwrite.
-    let out = cmd
-        .arg("-f")
-        .arg(undo)
-        .arg(dev)
-        .output()
-        .context("running e2undo")?;
-    crate::failpoint::tool_exited("e2undo", &out.status);
-    // An undo file cut before its first block holds nothing to put back, and e2undo says
-    // it is not one; the filesystem check that follows decides.
-    if !out.status.success() {
-        log::info!("e2undo: {}", String::from_utf8_lossy(&out.stderr).trim());
+/// The backup in the work directory, if a whole one is there.
+fn read_backup(work: &Path) -> Result<Option<Backup>> {
+    let path = work.join(BACKUP);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let b = Backup::decode(&bytes);
+            if b.is_none() {
+                log::warn!("{} is torn: a cut run was writing it", path.display());
+            }
+            Ok(b)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
-    Ok(())
 }
 
-fn remove_undo(work: &Path) -> Result<()> {
-    let undo = work.join(UNDO);
-    match std::fs::remove_file(&undo) {
+fn remove_backup(work: &Path) -> Result<()> {
+    let path = work.join(BACKUP);
+    match std::fs::remove_file(&path) {
         Ok(()) => {
             sync_dir(work)?;
-            crate::failpoint::wrote(&format!("remove {}", undo.display()));
+            crate::failpoint::wrote(&format!("remove {}", path.display()));
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing {}", undo.display())),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
     }
 }
 
