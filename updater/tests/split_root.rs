@@ -694,3 +694,29 @@ fn a_plan_or_marker_that_fat_lost_is_recovered() {
     d.split(&[], &[]).success();
     d.assert_split();
 }
+
+/// The initramfs scripts abup ships parse as POSIX sh (dash, Debian's /bin/sh, which is
+/// stricter than busybox's ash). The busybox ones also run in the QEMU split scenario; the
+/// initramfs-tools hook and local-premount script are not run by any test (that needs
+/// mkinitramfs and a kernel's modules installed on the machine).
+#[test]
+fn the_shipped_initramfs_scripts_parse_as_posix_sh() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/initramfs");
+    let scripts = [
+        "abup-split-root",
+        "busybox-init",
+        "initramfs-tools/hooks/abup-split-root",
+        "initramfs-tools/scripts/local-premount/abup-split-root",
+    ];
+    for s in scripts {
+        let path = dir.join(s);
+        let out = Command::new("dash").arg("-n").arg(&path).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{s}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert!(mode & 0o111 != 0, "{s} is not executable");
+    }
+}
