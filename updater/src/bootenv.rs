@@ -40,7 +40,7 @@ impl Location {
             Bootloader::Grub {
                 env: GrubEnv::Single(p),
             } => Location::GrubSingle(p.clone()),
-            Bootloader::UBoot { config } => Location::UBoot {
+            Bootloader::UBoot { config, .. } => Location::UBoot {
                 config: config.clone(),
                 lock_file: None,
             },

@@ -600,7 +600,7 @@ fn create_environment(
             }
             Location::of_board(target)
         }
-        Bootloader::UBoot { config } => {
+        Bootloader::UBoot { config, .. } => {
             let name = config
                 .file_name()
                 .context("the board's fw-env-config has no file name")?;
