@@ -1,9 +1,11 @@
 //! Writing a bootloader environment for the first time: at the factory, when a board is
 //! converted to abup, or by `abup env ... create`.
 
+pub mod boot_files;
 pub mod disk;
 
 use std::path::Path;
+use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use grub_env::{Change, EnvBlock, EnvPair};
@@ -57,12 +59,7 @@ pub fn create_env(
             }
             let device = crate::bootenv::open_uboot(config, lock_file.as_deref())?;
             let mut env = u_boot_env::Env::new();
-            for (k, v) in vars {
-                if let Some(v) = v {
-                    env.set(k, v)
-                        .with_context(|| format!("setting U-Boot variable {k}"))?;
-                }
-            }
+            crate::bootenv::apply_uboot(&mut env, vars)?;
             match device.read() {
                 Ok(_) if !force => bail!(
                     "{} already holds a valid U-Boot environment; add --force to replace all \
@@ -94,4 +91,20 @@ fn refuse_existing(path: &Path) -> Result<()> {
 /// first, so a cut never leaves a half-written block under the real name.
 fn create_file(path: &Path, block: &EnvBlock) -> Result<()> {
     crate::state::replace(path, block.as_bytes())
+}
+
+/// Runs a tool and returns its standard output; its standard error is the error.
+fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} failed ({}): {}",
+            cmd.get_program(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
