@@ -297,6 +297,10 @@ impl Factory {
         let slots: serde_json::Value =
             serde_json::from_str(&self.state_file("slots.json")).unwrap();
         assert_eq!(slots["slots"]["A"]["version"], "1.0", "{slots}");
+        // A recorded bundle makes abup expect a security floor: the factory's is the lowest.
+        let floor: serde_json::Value =
+            serde_json::from_str(&self.state_file("security.json")).unwrap();
+        assert_eq!(floor["floor"], 0, "{floor}");
     }
 }
 
