@@ -11,11 +11,13 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
 
-use crate::artifacts::{self, Arch};
+use crate::artifacts;
 use crate::board::Board;
+use crate::factory::{self, FirstImage, Layout};
+use crate::image::{self, Loop};
 use crate::rootfs::{self, Defect, SlotImage};
+use crate::run;
 use crate::vm::{self, Vm};
-use crate::{image, run};
 
 /// The bundles on every device's data partition, as the guest sees them.
 pub const BUNDLE_V2: &str = "/data/bundles/v2.abup";
@@ -23,13 +25,8 @@ pub const BUNDLE_PANIC: &str = "/data/bundles/panic.abup";
 pub const BUNDLE_NO_KERNEL: &str = "/data/bundles/no-kernel.abup";
 /// Where [`Device::add_bundle`] puts a bundle it signs, as the guest sees it.
 pub const BUNDLES: &str = "/data/bundles";
-
-/// Partition numbers of `image::LAYOUT`.
-const BOOT: usize = 1;
-const SLOT_A: usize = 2;
-const SLOT_B: usize = 3;
-const DATA: usize = 4;
-const BIOS_GRUB: usize = 5;
+/// Where the guests mount the data partition (every QEMU board's board.toml).
+const DATA_MOUNT: &str = "/data";
 
 /// A boot can take this long under software emulation with both cores busy.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -41,6 +38,8 @@ pub const INSTALL_TIMEOUT: Duration = Duration::from_secs(300);
 struct Template {
     dir: tempfile::TempDir,
     disk: PathBuf,
+    /// Where the partitions are on the disk (the same on every device's copy).
+    layout: Layout,
     /// The board string its bundles carry.
     compatible: String,
 }
@@ -69,6 +68,20 @@ impl Template {
             out,
         )
     }
+
+    /// Copies `bundles` into [`BUNDLES`] on the data partition of `disk`, this template's
+    /// disk or a device's copy of it.
+    fn put_bundles(&self, disk: &Path, bundles: &[&Path]) -> Result<()> {
+        let dir = Path::new(BUNDLES).strip_prefix(DATA_MOUNT)?;
+        let files = bundles
+            .iter()
+            .map(|b| {
+                let name = b.file_name().context("a bundle path without a file name")?;
+                Ok((*b, dir.join(name)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        image::ext4_put(disk, self.layout.mounted_at(DATA_MOUNT)?, &files)
+    }
 }
 
 /// `abup bundle create` with the release key `secret`, at security version 1; a delta against
@@ -93,6 +106,22 @@ pub(crate) fn create_bundle(
     run(abup.arg("-o").arg(out))
 }
 
+/// A release key in `d` (`release.key.pem`), its public half in `d/keyring/release.pem`,
+/// which the guests trust.
+pub(crate) fn release_key(d: &Path) -> Result<(PathBuf, PathBuf)> {
+    let secret = d.join("release.key.pem");
+    let keyring = d.join("keyring");
+    fs::create_dir_all(&keyring)?;
+    let public = keyring.join("release.pem");
+    run(Command::new(artifacts::abup()?)
+        .arg("keygen")
+        .arg("--secret")
+        .arg(&secret)
+        .arg("--public")
+        .arg(&public))?;
+    Ok((secret, public))
+}
+
 fn template(board: Board) -> Result<Arc<Template>> {
     // One per board, each built under its own lock so boards build in parallel.
     static TEMPLATES: [Mutex<Option<Arc<Template>>>; 5] = [const { Mutex::new(None) }; 5];
@@ -104,9 +133,10 @@ fn template(board: Board) -> Result<Arc<Template>> {
         return Ok(Arc::clone(t));
     }
     let built = if board == Board::GrubUefiSplit {
-        crate::split::build(board).map(|(dir, disk, compatible)| Template {
+        crate::split::build(board).map(|(dir, disk, layout, compatible)| Template {
             dir,
             disk,
+            layout,
             compatible,
         })
     } else {
@@ -117,23 +147,16 @@ fn template(board: Board) -> Result<Arc<Template>> {
     Ok(t)
 }
 
-/// Factory provisioning of a test device, done on the host from files.
+/// Factory provisioning of a test device: the slot images and bundles built on the host,
+/// the disk made by `abup provision` from the board's shipped configuration with slot A's
+/// bundle ([`factory::provision`]), then the bundles the scenarios install put on the data
+/// partition.
 fn build_template(board: Board) -> Result<Template> {
     let dir = tempfile::Builder::new().prefix("abup-qemu-").tempdir()?;
     let d = dir.path();
-    let abup = artifacts::abup()?;
 
-    // A release key; the guest trusts its public half.
-    let secret = d.join("release.key.pem");
+    let (secret, public) = release_key(d)?;
     let keyring = d.join("keyring");
-    fs::create_dir_all(&keyring)?;
-    let public = keyring.join("release.pem");
-    run(Command::new(&abup)
-        .arg("keygen")
-        .arg("--secret")
-        .arg(&secret)
-        .arg("--public")
-        .arg(&public))?;
 
     let board_cfg = abup::board::Board::load(&board.config_dir().join("board.toml"))?;
     let images = d.join("images");
@@ -158,145 +181,40 @@ fn build_template(board: Board) -> Result<Template> {
         &no_kernel,
     )?;
 
-    // The data partition: the bundles the scenarios install.
-    let data = d.join("data");
-    fs::create_dir_all(data.join("bundles"))?;
+    let first = d.join("v1.abup");
+    create_bundle(&secret, &board_cfg.compatible, &v1, "1.0", None, &first)?;
+    let disk = factory::provision(
+        board,
+        d,
+        Some(FirstImage {
+            bundle: &first,
+            keyring: &keyring,
+        }),
+    )?;
+    let template = Template {
+        disk: disk.path,
+        layout: disk.layout,
+        compatible: board_cfg.compatible,
+        dir,
+    };
+
+    // The bundles the scenarios install, on the data partition; the host keeps them too,
+    // for the arm64 board, whose installs run on the host.
+    let bundles = template.dir.path().join("data/bundles");
+    fs::create_dir_all(&bundles)?;
+    let mut made = Vec::new();
     for (image, version, name) in [
         (&v2, "2.0", "v2.abup"),
         (&panics, "2.0-panic", "panic.abup"),
         (&no_kernel, "2.0-no-kernel", "no-kernel.abup"),
     ] {
-        create_bundle(
-            &secret,
-            &board_cfg.compatible,
-            image,
-            version,
-            None,
-            &data.join("bundles").join(name),
-        )?;
+        let out = bundles.join(name);
+        template.create_bundle(image, version, None, &out)?;
+        made.push(out);
     }
-    let data_img = d.join("data.ext4");
-    image::ext4(&data, &data_img, image::LAYOUT[DATA - 1].size_mib)?;
-
-    // The boot partition: the board's script and its environment, as provisioning writes it:
-    // slot A confirmed with its tries, slot B without any.
-    let boot = d.join("boot");
-    fs::create_dir_all(&boot)?;
-    let mut script = String::new();
-    for part in &board_cfg.script {
-        let path = board.config_dir().join(part);
-        script.push_str(
-            &fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
-        );
-    }
-    let tries = crate::board::TRIES.to_string();
-    let state = [
-        "BOOT_ORDER=A B".to_string(),
-        format!("BOOT_A_LEFT={tries}"),
-        "BOOT_B_LEFT=0".to_string(),
-        "BOOT_GOOD=A".to_string(),
-    ];
-    let mut files: Vec<(String, PathBuf)> = Vec::new();
-    if board.is_grub() {
-        fs::write(boot.join("grub.cfg"), &script)?;
-        run(Command::new(&abup)
-            .arg("env")
-            .arg("--grub")
-            .arg(boot.join("abupenv.0"))
-            .arg("--grub")
-            .arg(boot.join("abupenv.1"))
-            .arg("create")
-            .args(&state))?;
-        let modules = [
-            "part_gpt",
-            "part_msdos",
-            "fat",
-            "ext2",
-            "normal",
-            "configfile",
-            "linux",
-            "loadenv",
-            "echo",
-            "test",
-            "reboot",
-            "halt",
-            "sleep",
-            "serial",
-            "terminal",
-            "search",
-        ];
-        let efi = d.join("BOOTX64.EFI");
-        run(Command::new("grub-mkimage")
-            .args(["-O", "x86_64-efi", "-p", "/grub", "-o"])
-            .arg(&efi)
-            .args(modules))?;
-        let core = d.join("core.img");
-        run(Command::new("grub-mkimage")
-            .args(["-O", "i386-pc", "-p", "(hd0,gpt1)/grub", "-o"])
-            .arg(&core)
-            .arg("biosdisk")
-            .args(modules))?;
-        files.push(("/grub/grub.cfg".into(), boot.join("grub.cfg")));
-        files.push(("/grub/abupenv.0".into(), boot.join("abupenv.0")));
-        files.push(("/grub/abupenv.1".into(), boot.join("abupenv.1")));
-        files.push(("/EFI/BOOT/BOOTX64.EFI".into(), efi));
-        files.push(("/core.img".into(), core));
-    } else {
-        let uboot = artifacts::u_boot(board.arch())?;
-        let cmd = boot.join("boot.cmd");
-        fs::write(&cmd, &script)?;
-        let arch = match board.arch() {
-            Arch::Arm64 => "arm64",
-            Arch::X86_64 => "x86",
-        };
-        run(Command::new("mkimage")
-            .args(["-A", arch, "-T", "script", "-C", "none", "-d"])
-            .arg(&cmd)
-            .arg(boot.join("boot.scr")))?;
-        // A saved environment replaces U-Boot's built-in one, so it starts from the defaults.
-        let defaults = fs::read_to_string(uboot.join("u-boot-initial-env"))?;
-        let mut vars: Vec<String> = defaults
-            .lines()
-            .filter(|l| l.contains('='))
-            .map(str::to_string)
-            .collect();
-        vars.extend(state.iter().cloned());
-        // Empty files of the environment's size, as U-Boot's own saveenv would leave them.
-        for name in ["uboot.env", "uboot-redund.env"] {
-            fs::File::create(boot.join(name))?.set_len(0x4000)?;
-        }
-        let config = fw_env_config(&boot)?;
-        run(Command::new(&abup)
-            .arg("env")
-            .arg("--uboot-config")
-            .arg(&config)
-            .arg("create")
-            .args(&vars))?;
-        files.push(("/boot.scr".into(), boot.join("boot.scr")));
-        files.push(("/uboot.env".into(), boot.join("uboot.env")));
-        files.push(("/uboot-redund.env".into(), boot.join("uboot-redund.env")));
-    }
-    let fat = d.join("boot.vfat");
-    let file_refs: Vec<(&str, &Path)> = files
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_path()))
-        .collect();
-    image::fat(&fat, image::LAYOUT[BOOT - 1].size_mib, &file_refs)?;
-
-    let disk = d.join("disk.img");
-    image::create_disk(&disk)?;
-    image::write_part(&disk, BOOT, &fat)?;
-    image::write_part(&disk, SLOT_A, &v1)?;
-    image::write_part(&disk, DATA, &data_img)?;
-    if board.is_grub() {
-        let boot_img = Path::new("/usr/lib/grub/i386-pc/boot.img");
-        image::install_bios_grub(&disk, BIOS_GRUB, boot_img, &d.join("core.img"))?;
-    }
-    Ok(Template {
-        dir,
-        disk,
-        compatible: board_cfg.compatible,
-    })
+    let made: Vec<&Path> = made.iter().map(PathBuf::as_path).collect();
+    template.put_bundles(&template.disk, &made)?;
+    Ok(template)
 }
 
 /// One device under test, with its own copy of the board's disk.
@@ -488,12 +406,14 @@ impl Device {
     fn host_abup(&self, slot: &str, args: &[&str], env: &[(&str, String)]) -> Result<HostRun> {
         let host = self.dir.join("host");
         fs::create_dir_all(host.join("state"))?;
+        let layout = &self.template.layout;
+        let boot = layout.mounted_at(self.board.boot_mount())?;
         for name in ["uboot.env", "uboot-redund.env"] {
-            image::fat_get(&self.disk, BOOT, &format!("/{name}"), &host.join(name))?;
+            image::fat_get(&self.disk, boot, &format!("/{name}"), &host.join(name))?;
         }
         let loops = [
-            Loop::attach(&self.disk, SLOT_A)?,
-            Loop::attach(&self.disk, SLOT_B)?,
+            Loop::attach(&self.disk, layout.slot("A")?)?,
+            Loop::attach(&self.disk, layout.slot("B")?)?,
         ];
         let path = |p: PathBuf| p.display().to_string();
         let board = fs::read_to_string(self.board.config_dir().join("board.toml"))?
@@ -527,8 +447,9 @@ impl Device {
     fn host_finish(&self, run: HostRun) -> Result<(String, i32)> {
         let out = run.child.wait_with_output()?;
         let host = self.dir.join("host");
+        let boot = self.template.layout.mounted_at(self.board.boot_mount())?;
         for name in ["uboot.env", "uboot-redund.env"] {
-            image::fat_put(&self.disk, BOOT, &host.join(name), &format!("/{name}"))?;
+            image::fat_put(&self.disk, boot, &host.join(name), &format!("/{name}"))?;
         }
         Ok((
             format!(
@@ -819,7 +740,8 @@ impl Device {
 
     /// Where the host keeps a file of the data partition (`guest_path`, under `/data/`).
     pub fn bundle_on_host(&self, guest_path: &str) -> PathBuf {
-        self.data.join(guest_path.trim_start_matches("/data/"))
+        let on_data = guest_path.strip_prefix(DATA_MOUNT).unwrap_or(guest_path);
+        self.data.join(on_data.trim_start_matches('/'))
     }
 
     /// The slot image of `version` the host built for this board: "1.0" holds exactly the
@@ -829,9 +751,8 @@ impl Device {
     }
 
     /// Signs `image` as a bundle of `version` (a delta against `base` when one is given) and
-    /// puts it on the data partition as `BUNDLES/name`, as the factory would have. Only
-    /// before the first power-on: the partition is made anew from the factory's files and
-    /// this device's bundles. Returns the bundle's path on the host.
+    /// puts it on the data partition as `BUNDLES/name`, as the factory would have: before the
+    /// first power-on. Returns the bundle's path on the host.
     pub fn add_bundle(
         &mut self,
         name: &str,
@@ -850,10 +771,7 @@ impl Device {
         }
         let out = self.data.join("bundles").join(name);
         self.template.create_bundle(image, version, base, &out)?;
-        let data_img = self.dir.join("data.ext4");
-        image::ext4(&self.data, &data_img, image::LAYOUT[DATA - 1].size_mib)?;
-        image::write_part(&self.disk, DATA, &data_img)?;
-        fs::remove_file(&data_img)?;
+        self.template.put_bundles(&self.disk, &[&out])?;
         Ok(out)
     }
 
@@ -1001,34 +919,4 @@ impl std::fmt::Display for Progress {
 struct HostRun {
     child: Child,
     _loops: [Loop; 2],
-}
-
-/// A loop device over one partition of a disk image.
-#[derive(Debug)]
-struct Loop {
-    device: String,
-}
-
-impl Loop {
-    fn attach(disk: &Path, part: usize) -> Result<Loop> {
-        let (offset, size) = image::part_range(part);
-        let out = Command::new("losetup")
-            .args(["--find", "--show", "--direct-io=on"])
-            .arg(format!("--offset={offset}"))
-            .arg(format!("--sizelimit={size}"))
-            .arg(disk)
-            .output()?;
-        if !out.status.success() {
-            bail!("losetup: {}", String::from_utf8_lossy(&out.stderr).trim());
-        }
-        Ok(Loop {
-            device: String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        })
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
-    }
 }

@@ -1,112 +1,18 @@
-//! GPT disk images built as plain files, without mounting anything: `sgdisk` for the table,
-//! `mkfs.vfat -C` and `mcopy` for the boot partition, `mkfs.ext4 -d` for the slots, and the
-//! partitions copied in at their offsets.
+//! Pieces of the test disks that `abup provision` does not make: ext4 slot images
+//! (`mkfs.ext4 -d`, without mounting anything), files copied in and out of the FAT boot
+//! partition (mtools) and into the data partition (mounted), GRUB's BIOS boot code, and loop
+//! devices over partitions. Partitions are where the board's layout puts them
+//! ([`crate::factory::Layout`]).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::fs::{self, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{ensure, Context, Result};
+use abup::disk::layout::{Placed, SECTOR};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::run;
-
-const MIB: u64 = 1024 * 1024;
-const SECTOR: u64 = 512;
-
-/// A partition of the test disks: GPT name, type code, size.
-#[derive(Debug, Clone, Copy)]
-pub struct Part {
-    pub name: &'static str,
-    pub type_code: &'static str,
-    pub size_mib: u64,
-}
-
-/// The layout every QEMU board uses (the board READMEs describe it): p1 `boot` FAT, p2 and
-/// p3 the slots, p4 `data` for what outlives updates (abup's state, test bundles), p5 the
-/// BIOS boot partition GRUB's core image lives in under SeaBIOS.
-pub const LAYOUT: [Part; 5] = [
-    Part {
-        name: "boot",
-        type_code: "ef00",
-        size_mib: 32,
-    },
-    Part {
-        name: "rootfs-a",
-        type_code: "8300",
-        size_mib: 64,
-    },
-    Part {
-        name: "rootfs-b",
-        type_code: "8300",
-        size_mib: 64,
-    },
-    Part {
-        name: "data",
-        type_code: "8300",
-        size_mib: 64,
-    },
-    Part {
-        name: "bios-grub",
-        type_code: "ef02",
-        size_mib: 1,
-    },
-];
-
-/// Byte offset and size of partition `number` (1-based) of `LAYOUT`.
-pub fn part_range(number: usize) -> (u64, u64) {
-    let mut start = MIB;
-    for part in &LAYOUT[..number - 1] {
-        start += part.size_mib * MIB;
-    }
-    (start, LAYOUT[number - 1].size_mib * MIB)
-}
-
-/// Creates `disk` with `LAYOUT`'s partition table and nothing in the partitions.
-pub fn create_disk(disk: &Path) -> Result<()> {
-    let total = part_range(LAYOUT.len()).0 + LAYOUT[LAYOUT.len() - 1].size_mib * MIB + MIB;
-    let file = File::create(disk).with_context(|| format!("creating {}", disk.display()))?;
-    file.set_len(total)?;
-    let mut sgdisk = Command::new("sgdisk");
-    sgdisk.arg("--clear");
-    for (i, part) in LAYOUT.iter().enumerate() {
-        let (start, size) = part_range(i + 1);
-        let n = i + 1;
-        sgdisk
-            .arg(format!(
-                "--new={n}:{}:{}",
-                start / SECTOR,
-                (start + size) / SECTOR - 1
-            ))
-            .arg(format!("--typecode={n}:{}", part.type_code))
-            .arg(format!("--change-name={n}:{}", part.name));
-    }
-    run(sgdisk.arg(disk))
-}
-
-/// Copies the file `image` into partition `number` of `disk`.
-pub fn write_part(disk: &Path, number: usize, image: &Path) -> Result<()> {
-    let (start, size) = part_range(number);
-    let mut src = File::open(image).with_context(|| format!("opening {}", image.display()))?;
-    let len = src.metadata()?.len();
-    ensure!(
-        len <= size,
-        "{} ({len} bytes) does not fit partition {number} ({size} bytes)",
-        image.display()
-    );
-    let mut dst = OpenOptions::new().write(true).open(disk)?;
-    dst.seek(SeekFrom::Start(start))?;
-    let mut buf = vec![0u8; MIB as usize];
-    loop {
-        let n = src.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        dst.write_all(&buf[..n])?;
-    }
-    dst.sync_all()?;
-    Ok(())
-}
 
 /// An ext4 file system of `size_mib` holding the tree `dir`.
 pub fn ext4(dir: &Path, image: &Path, size_mib: u64) -> Result<()> {
@@ -120,56 +26,57 @@ pub fn ext4(dir: &Path, image: &Path, size_mib: u64) -> Result<()> {
         .env("E2FSPROGS_FAKE_TIME", "1700000000"))
 }
 
-/// A FAT file system of `size_mib` holding `files` as (path in the file system, source).
-pub fn fat(image: &Path, size_mib: u64, files: &[(&str, &Path)]) -> Result<()> {
-    let _ = fs::remove_file(image);
-    run(Command::new("mkfs.vfat")
-        .args(["-C", "-n", "BOOT"])
-        .arg(image)
-        .arg((size_mib * 1024).to_string()))?;
-    for (dest, src) in files {
-        let mut dir = String::new();
-        let parts: Vec<&str> = dest.split('/').filter(|s| !s.is_empty()).collect();
-        for part in &parts[..parts.len().saturating_sub(1)] {
-            dir.push('/');
-            dir.push_str(part);
-            // An existing directory is fine; mmd then fails and is ignored.
-            let _ = Command::new("mmd")
-                .arg("-i")
-                .arg(image)
-                .arg(format!("::{dir}"))
-                .output();
-        }
-        run(Command::new("mcopy")
-            .args(["-o", "-i"])
-            .arg(image)
-            .arg(src)
-            .arg(format!("::{dest}")))?;
-    }
-    Ok(())
+/// `mtools`' name for the FAT filesystem in `part` of `disk`.
+fn mtools_part(disk: &Path, part: Placed) -> String {
+    format!("{}@@{}", disk.display(), part.offset())
 }
 
-/// `mtools`' name for partition `number` of `disk`.
-pub fn mtools_part(disk: &Path, number: usize) -> String {
-    format!("{}@@{}", disk.display(), part_range(number).0)
-}
-
-/// Copies `path` out of the FAT partition `number` of `disk`.
-pub fn fat_get(disk: &Path, number: usize, path: &str, out: &Path) -> Result<()> {
+/// Copies `path` out of the FAT filesystem in `part` of `disk`.
+pub fn fat_get(disk: &Path, part: Placed, path: &str, out: &Path) -> Result<()> {
     run(Command::new("mcopy")
         .args(["-o", "-n", "-i"])
-        .arg(mtools_part(disk, number))
+        .arg(mtools_part(disk, part))
         .arg(format!("::{path}"))
         .arg(out))
 }
 
-/// Copies `src` into the FAT partition `number` of `disk` as `path`, in place.
-pub fn fat_put(disk: &Path, number: usize, src: &Path, path: &str) -> Result<()> {
+/// Copies `src` into the FAT filesystem in `part` of `disk` as `path`, in place.
+pub fn fat_put(disk: &Path, part: Placed, src: &Path, path: &str) -> Result<()> {
     run(Command::new("mcopy")
         .args(["-o", "-n", "-i"])
-        .arg(mtools_part(disk, number))
+        .arg(mtools_part(disk, part))
         .arg(src)
         .arg(format!("::{path}")))
+}
+
+/// Copies `files` (source, path inside the filesystem) into the ext4 filesystem in `part` of
+/// `disk`. The filesystem is the one provisioning made, holding abup's state directory, so it
+/// is added to rather than made anew: mounted (as root) through a loop device, which keeps
+/// its error reporting simple (`debugfs -w` exits 0 when a command fails) and writes the
+/// files as the device's own kernel would.
+pub fn ext4_put(disk: &Path, part: Placed, files: &[(&Path, PathBuf)]) -> Result<()> {
+    let dev = Loop::attach(disk, part)?;
+    let dir = tempfile::Builder::new().prefix("abup-ext4.").tempdir()?;
+    run(Command::new("mount")
+        .args(["-t", "ext4"])
+        .arg(&dev.device)
+        .arg(dir.path()))?;
+    let copied = files.iter().try_for_each(|(src, path)| {
+        let to = dir.path().join(path);
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::copy(src, &to).map(drop).with_context(|| {
+            format!(
+                "copying {} to {} on {}",
+                src.display(),
+                path.display(),
+                disk.display()
+            )
+        })
+    });
+    let unmounted = run(Command::new("umount").arg(dir.path()));
+    copied.and(unmounted)
 }
 
 /// Makes `disk` boot GRUB under SeaBIOS, as `grub-install --target=i386-pc` would, without
@@ -177,8 +84,7 @@ pub fn fat_put(disk: &Path, number: usize, src: &Path, path: &str) -> Result<()>
 /// partition `part`, the first 440 bytes of GRUB's `boot.img` into the MBR (the protective
 /// partition table after them stays), and the two sector numbers `grub-bios-setup` patches
 /// point boot.img at core.img's first sector and core.img's first sector at the rest.
-pub fn install_bios_grub(disk: &Path, part: usize, boot_img: &Path, core: &Path) -> Result<()> {
-    let (start, size) = part_range(part);
+pub fn install_bios_grub(disk: &Path, part: Placed, boot_img: &Path, core: &Path) -> Result<()> {
     let mut boot = fs::read(boot_img).with_context(|| format!("reading {}", boot_img.display()))?;
     let mut core_img = fs::read(core).with_context(|| format!("reading {}", core.display()))?;
     ensure!(
@@ -187,11 +93,11 @@ pub fn install_bios_grub(disk: &Path, part: usize, boot_img: &Path, core: &Path)
         boot_img.display()
     );
     ensure!(
-        core_img.len() as u64 <= size && core_img.len() >= 512,
+        core_img.len() as u64 <= part.bytes() && core_img.len() >= 512,
         "GRUB core image of {} bytes does not fit the BIOS boot partition",
         core_img.len()
     );
-    let core_sector = start / SECTOR;
+    let core_sector = part.offset() / SECTOR;
     // boot.img: GRUB_BOOT_MACHINE_KERNEL_SECTOR, the LBA of core.img.
     boot[0x5c..0x64].copy_from_slice(&core_sector.to_le_bytes());
     // core.img's first sector (diskboot.img) ends in a block list; its first entry's start
@@ -199,8 +105,37 @@ pub fn install_bios_grub(disk: &Path, part: usize, boot_img: &Path, core: &Path)
     core_img[0x1f4..0x1fc].copy_from_slice(&(core_sector + 1).to_le_bytes());
     let mut file = OpenOptions::new().write(true).open(disk)?;
     file.write_all(&boot[..440])?;
-    file.seek(SeekFrom::Start(start))?;
+    file.seek(SeekFrom::Start(part.offset()))?;
     file.write_all(&core_img)?;
     file.sync_all()?;
     Ok(())
+}
+
+/// A loop device over one partition of a disk image, detached when dropped.
+#[derive(Debug)]
+pub struct Loop {
+    pub device: String,
+}
+
+impl Loop {
+    pub fn attach(disk: &Path, part: Placed) -> Result<Loop> {
+        let out = Command::new("losetup")
+            .args(["--find", "--show", "--direct-io=on"])
+            .arg(format!("--offset={}", part.offset()))
+            .arg(format!("--sizelimit={}", part.bytes()))
+            .arg(disk)
+            .output()?;
+        if !out.status.success() {
+            bail!("losetup: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(Loop {
+            device: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        })
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
+    }
 }

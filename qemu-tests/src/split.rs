@@ -9,10 +9,13 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use abup::disk::layout::Placed;
 use anyhow::{ensure, Context, Result};
 
 use crate::artifacts::{self, Arch};
 use crate::board::Board;
+use crate::factory::Layout;
+use crate::image::Loop;
 use crate::{rootfs, run};
 
 const MIB: u64 = 1024 * 1024;
@@ -40,10 +43,10 @@ pub const SPLIT: &str = "split /dev/nvme0n1: slot A";
 /// The factory-fresh disk of a single-root device for `board` (the split board) in a new
 /// directory, with what a template keeps there (`images/`, `keyring/`, the release key):
 /// returns the directory, the disk and the board's compatible string.
-pub fn build(board: Board) -> Result<(tempfile::TempDir, PathBuf, String)> {
+pub fn build(board: Board) -> Result<(tempfile::TempDir, PathBuf, Layout, String)> {
     let dir = tempfile::Builder::new().prefix("abup-qemu-").tempdir()?;
     let d = dir.path();
-    let (secret, public) = release_key(d)?;
+    let (secret, public) = crate::device::release_key(d)?;
     let config = board.config_dir();
     let board_cfg = abup::board::Board::load(&config.join("board.toml"))?;
     let images = d.join("images");
@@ -69,7 +72,7 @@ pub fn build(board: Board) -> Result<(tempfile::TempDir, PathBuf, String)> {
     let grub_cfg = d.join("grub.cfg");
     fs::write(&grub_cfg, script)?;
     let efi = d.join("BOOTX64.EFI");
-    grub_efi(&efi)?;
+    crate::factory::grub_mkimage("x86_64-efi", "/grub", &[], &efi)?;
     let initrd = d.join("initrd.img");
     initramfs(&config, &initrd)?;
     let kernel = artifacts::kernel(Arch::X86_64)?;
@@ -86,7 +89,9 @@ pub fn build(board: Board) -> Result<(tempfile::TempDir, PathBuf, String)> {
         &v1,
         8 * MIB,
     )?;
-    Ok((dir, disk_path, board_cfg.compatible))
+    // Where the partitions are once the split is done.
+    let layout = Layout::new(board_cfg.layout, DISK_BYTES)?;
+    Ok((dir, disk_path, layout, board_cfg.compatible))
 }
 
 /// The busybox initramfs (gzip'd newc cpio) at `out`: busybox, abup and the e2fsprogs tools
@@ -185,47 +190,44 @@ pub fn disk(
         .args(["--typecode=2:8300", "--change-name=2:rootfs-a"])
         .arg(disk))?;
 
-    let esp = Loop::attach(disk, ESP_START, ESP_MIB * MIB)?;
-    run(Command::new("mkfs.vfat").args(["-n", "ESP"]).arg(&esp.0))?;
+    let esp = Loop::attach(disk, range(ESP_START, ESP_MIB * MIB))?;
+    run(Command::new("mkfs.vfat")
+        .args(["-n", "ESP"])
+        .arg(&esp.device))?;
+    let staged = tempfile::tempdir()?;
     for (dest, src) in esp_files {
-        let mut dir = String::new();
-        let parts: Vec<&str> = dest.split('/').filter(|s| !s.is_empty()).collect();
-        for part in &parts[..parts.len().saturating_sub(1)] {
-            dir.push('/');
-            dir.push_str(part);
-            // An existing directory is fine; mmd then fails and is ignored.
-            let _ = Command::new("mmd")
-                .arg("-i")
-                .arg(&esp.0)
-                .arg(format!("::{dir}"))
-                .output();
+        let to = staged.path().join(dest.trim_start_matches('/'));
+        if let Some(dir) = to.parent() {
+            fs::create_dir_all(dir)?;
         }
-        run(Command::new("mcopy")
-            .args(["-o", "-i"])
-            .arg(&esp.0)
-            .arg(src)
-            .arg(format!("::{dest}")))?;
+        fs::copy(src, &to).with_context(|| format!("copying {}", src.display()))?;
     }
+    let mut mcopy = Command::new("mcopy");
+    mcopy.args(["-s", "-i"]).arg(&esp.device);
+    for entry in fs::read_dir(staged.path())? {
+        mcopy.arg(entry?.path());
+    }
+    run(mcopy.arg("::/"))?;
     drop(esp);
 
     let root_len = DISK_BYTES - MIB - ROOT_START - 33 * 512;
-    let root = Loop::attach(disk, ROOT_START, root_len)?;
+    let root = Loop::attach(disk, range(ROOT_START, root_len))?;
     // The slot image's files in a filesystem of the partition's size with 4 KiB blocks, as
     // an installer makes a root filesystem (a slot image is small: 1 KiB blocks).
-    let image = Loop::attach(root_image, 0, fs::metadata(root_image)?.len())?;
+    let image = Loop::attach(root_image, range(0, fs::metadata(root_image)?.len()))?;
     let tree = tempfile::tempdir()?;
     run(Command::new("mount")
         .args(["-o", "ro"])
-        .arg(&image.0)
+        .arg(&image.device)
         .arg(tree.path()))?;
     let made = run(Command::new("mkfs.ext4")
         .args(["-q", "-F", "-b", "4096", "-d"])
         .arg(tree.path())
-        .arg(&root.0));
+        .arg(&root.device));
     run(Command::new("umount").arg(tree.path()))?;
     made?;
     let mnt = tempfile::tempdir()?;
-    run(Command::new("mount").arg(&root.0).arg(mnt.path()))?;
+    run(Command::new("mount").arg(&root.device).arg(mnt.path()))?;
     let written = (|| -> Result<()> {
         // Top-level directories spread over the block groups (ext4's Orlov allocator).
         let mut random = fs::File::open("/dev/urandom")?;
@@ -247,11 +249,11 @@ pub fn disk(
 /// kind, mode, owner, size, timestamp and content, hashed, with the filesystem mounted
 /// read-only.
 pub fn tree_hash(disk: &Path, offset: u64, len: u64) -> Result<String> {
-    let dev = Loop::attach(disk, offset, len)?;
+    let dev = Loop::attach(disk, range(offset, len))?;
     let mnt = tempfile::tempdir()?;
     run(Command::new("mount")
         .args(["-o", "ro,noload"])
-        .arg(&dev.0)
+        .arg(&dev.device)
         .arg(mnt.path()))?;
     let script = "find . -xdev -path ./lost+found -prune -o -print0 | sort -z | \
         xargs -0 stat -c '%n %F %a %u %g %s %Y %Z' | sha256sum; \
@@ -288,71 +290,10 @@ pub fn partitions(disk: &Path) -> Result<Vec<(u64, u64)>> {
         .collect()
 }
 
-/// A loop device over a range of a disk image, detached when dropped.
-struct Loop(PathBuf);
-
-impl Loop {
-    fn attach(disk: &Path, offset: u64, len: u64) -> Result<Loop> {
-        let out = Command::new("losetup")
-            .args(["--find", "--show", "--offset"])
-            .arg(offset.to_string())
-            .arg("--sizelimit")
-            .arg(len.to_string())
-            .arg(disk)
-            .output()
-            .context("running losetup")?;
-        ensure!(
-            out.status.success(),
-            "losetup failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(Loop(PathBuf::from(
-            String::from_utf8_lossy(&out.stdout).trim(),
-        )))
+/// `len` bytes of a disk from `offset`, as a partition.
+fn range(offset: u64, len: u64) -> Placed {
+    Placed {
+        first_lba: offset / 512,
+        last_lba: (offset + len) / 512 - 1,
     }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
-    }
-}
-
-fn release_key(d: &Path) -> Result<(PathBuf, PathBuf)> {
-    let secret = d.join("release.key.pem");
-    let keyring = d.join("keyring");
-    fs::create_dir_all(&keyring)?;
-    let public = keyring.join("release.pem");
-    run(Command::new(artifacts::abup()?)
-        .arg("keygen")
-        .arg("--secret")
-        .arg(&secret)
-        .arg("--public")
-        .arg(&public))?;
-    Ok((secret, public))
-}
-
-fn grub_efi(out: &Path) -> Result<()> {
-    let modules = [
-        "part_gpt",
-        "part_msdos",
-        "fat",
-        "ext2",
-        "normal",
-        "configfile",
-        "linux",
-        "loadenv",
-        "echo",
-        "test",
-        "reboot",
-        "halt",
-        "sleep",
-        "serial",
-        "terminal",
-        "search",
-    ];
-    run(Command::new("grub-mkimage")
-        .args(["-O", "x86_64-efi", "-p", "/grub", "-o"])
-        .arg(out)
-        .args(modules))
 }

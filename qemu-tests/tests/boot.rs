@@ -395,7 +395,7 @@ fn grub_uefi_split() -> Result<()> {
     dev.save_disk()?;
     // Where to aim: cuts come up to this long after the split started; a cut that finds the
     // split already done narrows the window and does not count.
-    let mut window = 30.0;
+    let mut window: f64 = 30.0;
     let (mut cuts, mut tries) = (0, 0);
     while cuts < split_cuts() {
         tries += 1;

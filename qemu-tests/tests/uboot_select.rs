@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use bootcount::{Scheme, Slots, State};
-use qemu_tests::artifacts::{self, Arch};
+use qemu_tests::artifacts;
 use qemu_tests::board::{Board, TRIES};
 use qemu_tests::vm::{self, Vm};
-use qemu_tests::{image, run};
+use qemu_tests::{factory, image, run};
 
 /// The variables of the native scheme for slots A and B, in the order a `Case` holds them.
 const VARS: [&str; 4] = ["BOOT_ORDER", "BOOT_A_LEFT", "BOOT_B_LEFT", "BOOT_GOOD"];
@@ -163,7 +163,7 @@ fn driver(parts: usize) -> String {
     s
 }
 
-/// `mkimage -T script` of `source` into `out`, as the U-Boot boards' provisioning makes
+/// `mkimage -T script` of `source` into `out`, as `abup provision` makes the U-Boot boards'
 /// `boot.scr`.
 fn script_image(source: &Path, out: &Path) -> Result<()> {
     run(Command::new("mkimage")
@@ -172,11 +172,12 @@ fn script_image(source: &Path, out: &Path) -> Result<()> {
         .arg(out))
 }
 
-/// The disk U-Boot finds at `nvme 0:1`: the driver as `boot.scr`, the parts, and the
-/// redundant environment files holding U-Boot's defaults (so `saveenv` has somewhere to
-/// go, as on the boards).
+/// The arm64 board's disk as `abup provision` makes it (slots empty; its redundant
+/// environment holding U-Boot's defaults, so `saveenv` has somewhere to go, and the slot
+/// variables, which every case sets anew), with the driver as `boot.scr` and the parts
+/// beside it on the boot partition U-Boot finds at `nvme 0:1`.
 fn build_disk(dir: &Path, cases: &[Case]) -> Result<PathBuf> {
-    let uboot = artifacts::u_boot(Arch::Arm64)?;
+    let board = Board::UbootArm64;
     let select_path = artifacts::workspace().join("board-configs/u-boot/abup-select.cmd");
     let select = fs::read_to_string(&select_path)
         .with_context(|| format!("reading {}", select_path.display()))?;
@@ -195,29 +196,12 @@ fn build_disk(dir: &Path, cases: &[Case]) -> Result<PathBuf> {
     }
     fs::write(dir.join("boot.cmd"), driver(chunks.len()))?;
     script_image(&dir.join("boot.cmd"), &dir.join("boot.scr"))?;
-    let env_size = fs::read_to_string(uboot.join("env-size"))?;
-    for name in ["uboot.env", "uboot-redund.env"] {
-        run(Command::new("mkenvimage")
-            .args(["-r", "-s", env_size.trim(), "-o"])
-            .arg(dir.join(name))
-            .arg(uboot.join("u-boot-initial-env")))?;
-        names.push(name.to_string());
+    let disk = factory::provision(board, dir, None)?;
+    let boot = disk.layout.mounted_at(board.boot_mount())?;
+    for name in &names {
+        image::fat_put(&disk.path, boot, &dir.join(name), &format!("/{name}"))?;
     }
-    let files: Vec<(String, PathBuf)> = names
-        .iter()
-        .map(|n| (format!("/{n}"), dir.join(n)))
-        .collect();
-    let refs: Vec<(&str, &Path)> = files
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_path()))
-        .collect();
-    let fat = dir.join("boot.vfat");
-    image::fat(&fat, image::LAYOUT[0].size_mib, &refs)?;
-    let disk = dir.join("disk.img");
-    image::create_disk(&disk)?;
-    image::write_part(&disk, 1, &fat)?;
-    fs::remove_file(&fat)?;
-    Ok(disk)
+    Ok(disk.path)
 }
 
 /// Reads the answers out of the console text; a case that never ended is missing.

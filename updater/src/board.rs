@@ -57,7 +57,32 @@ pub enum Bootloader {
     /// RAUC, a single block.
     Grub { env: GrubEnv },
     /// U-Boot, its environment described by a `fw_env.config` or libubootenv YAML file.
-    UBoot { config: PathBuf },
+    UBoot {
+        config: PathBuf,
+        /// U-Boot's default environment (`u-boot-initial-env` of its build), relative to the
+        /// board file: a saved environment replaces the built-in one, so provisioning must
+        /// put the defaults in it beside the slot variables.
+        initial_env: Option<PathBuf>,
+    },
+}
+
+/// Where provisioning writes the boot script (the concatenated `script` parts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptPath {
+    /// A path of the running system, on a partition of the layout.
+    pub path: PathBuf,
+    /// mkimage's `-A` for a compiled U-Boot script (`.scr`): U-Boot's `source` command
+    /// reads only a legacy image, so the text is wrapped with `mkimage -T script`.
+    pub mkimage_arch: Option<String>,
+}
+
+/// A file provisioning copies onto the disk as it is: a bootloader binary, firmware.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootFile {
+    /// Relative to the board file, or absolute: a file of the factory station.
+    pub source: PathBuf,
+    /// A path of the running system, on a partition of the layout.
+    pub destination: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,8 +105,10 @@ pub struct Board {
     /// Devices of further slot classes (an application partition, say), per slot.
     pub classes: Vec<BTreeMap<String, PathBuf>>,
     /// The parts of the boot script, relative to the board file; concatenated in order they
-    /// are the script the bootloader runs. Only the build of a board image reads them.
+    /// are the script the bootloader runs, which provisioning writes to `script_path`.
     pub script: Vec<PathBuf>,
+    pub script_path: Option<ScriptPath>,
+    pub boot_files: Vec<BootFile>,
     pub install: InstallConfig,
     /// The disk's partitions, for provisioning; empty when the board file has none.
     pub layout: Vec<crate::disk::layout::Partition>,
@@ -110,6 +137,15 @@ struct File {
     install: InstallSection,
     #[serde(default)]
     partition: Vec<crate::disk::layout::PartitionSection>,
+    #[serde(default, rename = "boot-file")]
+    boot_file: Vec<BootFileSection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BootFileSection {
+    source: PathBuf,
+    destination: PathBuf,
 }
 
 #[derive(Deserialize, Default)]
@@ -144,6 +180,9 @@ struct BootloaderSection {
     script: Vec<PathBuf>,
     grubenv: Option<Vec<PathBuf>>,
     fw_env_config: Option<PathBuf>,
+    script_path: Option<PathBuf>,
+    mkimage_arch: Option<String>,
+    initial_env: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -234,6 +273,12 @@ impl Board {
                         "fw-env-config is for U-Boot boards; GRUB boards name their grubenv".into(),
                     ));
                 }
+                if bl.initial_env.is_some() {
+                    return Err(invalid(
+                        "initial-env is U-Boot's default environment; drop it from a GRUB board"
+                            .into(),
+                    ));
+                }
                 let env =
                     match bl.grubenv.as_deref() {
                         Some([one]) => GrubEnv::Single(one.clone()),
@@ -274,7 +319,10 @@ impl Board {
                             .into(),
                     )
                 })?;
-                Bootloader::UBoot { config }
+                Bootloader::UBoot {
+                    config,
+                    initial_env: bl.initial_env,
+                }
             }
         };
 
@@ -304,6 +352,53 @@ impl Board {
                     file.slot[0].name,
                     file.slot[0].classes.keys().collect::<Vec<_>>()
                 )));
+            }
+        }
+        let script_path = script_path(
+            bl.script_path,
+            bl.mkimage_arch,
+            !bl.script.is_empty(),
+            &bootloader,
+        )
+        .map_err(invalid)?;
+        let boot_files: Vec<BootFile> = file
+            .boot_file
+            .into_iter()
+            .map(|f| BootFile {
+                source: f.source,
+                destination: f.destination,
+            })
+            .collect();
+        let mut written: Vec<&Path> = script_path.iter().map(|s| s.path.as_path()).collect();
+        for f in &boot_files {
+            if f.source.as_os_str().is_empty() {
+                return Err(invalid(format!(
+                    "boot-file {}: source is empty; name the file to copy",
+                    f.destination.display()
+                )));
+            }
+            check_running_path("boot-file destination", &f.destination).map_err(invalid)?;
+            if written.contains(&f.destination.as_path()) {
+                return Err(invalid(format!(
+                    "two files are written to {}: give each boot-file its own destination",
+                    f.destination.display()
+                )));
+            }
+            written.push(&f.destination);
+        }
+        if !layout.is_empty() {
+            for p in written {
+                if !layout
+                    .iter()
+                    .filter_map(|l| l.mount.as_deref())
+                    .any(|m| p.starts_with(m))
+                {
+                    return Err(invalid(format!(
+                        "{} is on none of the [[partition]] mounts: give the partition that \
+                         holds it a mount = \"...\"",
+                        p.display()
+                    )));
+                }
             }
         }
         let install = file.install;
@@ -343,6 +438,8 @@ impl Board {
             classes: file.slot.iter().map(|s| s.classes.clone()).collect(),
             devices: file.slot.into_iter().map(|s| s.device).collect(),
             script: bl.script,
+            script_path,
+            boot_files,
             install: InstallConfig {
                 state_dir: install
                     .state_dir
@@ -378,6 +475,110 @@ impl Board {
             Bootloader::UBoot { .. } => "u-boot",
         }
     }
+}
+
+/// mkimage's names for `-A` (`mkimage -A list` in U-Boot 2023.01), so a typo is caught when
+/// the board file is read rather than at the factory.
+const MKIMAGE_ARCHES: &[&str] = &[
+    "alpha",
+    "arc",
+    "arm",
+    "arm64",
+    "avr32",
+    "blackfin",
+    "ia64",
+    "m68k",
+    "microblaze",
+    "mips",
+    "mips64",
+    "nds32",
+    "nios2",
+    "or1k",
+    "powerpc",
+    "riscv",
+    "s390",
+    "sandbox",
+    "sh",
+    "sparc",
+    "sparc64",
+    "x86",
+    "x86_64",
+    "xtensa",
+];
+
+/// `script-path` and `mkimage-arch`: a path ending in `.scr` is a compiled U-Boot script and
+/// needs the architecture; anything else is written as text and must not name one.
+fn script_path(
+    path: Option<PathBuf>,
+    arch: Option<String>,
+    has_script: bool,
+    bootloader: &Bootloader,
+) -> Result<Option<ScriptPath>, String> {
+    let Some(path) = path else {
+        return match arch {
+            Some(_) => Err(
+                "mkimage-arch is for a script-path ending in .scr; add one or drop \
+                            mkimage-arch"
+                    .into(),
+            ),
+            None => Ok(None),
+        };
+    };
+    check_running_path("script-path", &path)?;
+    if !has_script {
+        return Err(format!(
+            "script-path {} needs the parts to write there: script = [\"...\"]",
+            path.display()
+        ));
+    }
+    let compiled = path.extension().is_some_and(|e| e == "scr");
+    let mkimage_arch = match (compiled, arch, bootloader) {
+        (true, _, Bootloader::Grub { .. }) => {
+            return Err(format!(
+                "script-path {} ends in .scr, U-Boot's compiled script; a GRUB board's script \
+                 is written as it is (grub.cfg)",
+                path.display()
+            ))
+        }
+        (true, None, _) => {
+            return Err(format!(
+                "script-path {} ends in .scr, which mkimage compiles: give its architecture, \
+                 mkimage-arch = \"arm64\" (or arm, x86, riscv, ...)",
+                path.display()
+            ))
+        }
+        (true, Some(a), _) if !MKIMAGE_ARCHES.contains(&a.as_str()) => {
+            return Err(format!(
+                "mkimage-arch {a:?} is not one of mkimage's architectures: {}",
+                MKIMAGE_ARCHES.join(", ")
+            ))
+        }
+        (false, Some(_), _) => {
+            return Err(format!(
+                "mkimage-arch is for a script-path ending in .scr, and {} is written as text: \
+                 drop mkimage-arch",
+                path.display()
+            ))
+        }
+        (_, arch, _) => arch,
+    };
+    Ok(Some(ScriptPath { path, mkimage_arch }))
+}
+
+/// A path of the running system that provisioning maps onto a partition: absolute, and
+/// without `..`, which could lead out of the partition it is mapped onto.
+fn check_running_path(what: &str, path: &Path) -> Result<(), String> {
+    if !path.is_absolute()
+        || path
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(format!(
+            "{what} {} must be an absolute path of the running system, without ..",
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 /// " (line N)" for a TOML error span, so a one-line error still points at the place.
@@ -444,7 +645,8 @@ device = "/dev/b"
         assert_eq!(
             err(&GRUB.replace("grubenv", "grubenvv")),
             "board configuration board.toml: unknown field `grubenvv`, expected one of `type`, \
-             `scheme`, `tries`, `script`, `grubenv`, `fw-env-config` (line 7)"
+             `scheme`, `tries`, `script`, `grubenv`, `fw-env-config`, `script-path`, \
+             `mkimage-arch`, `initial-env` (line 7)"
         );
         assert!(err(&GRUB.replace("\"/e/1\"", "\"/e/0\"")).contains("different files"));
         assert!(err(&GRUB.replace("[\"/e/0\", \"/e/1\"]", "[]")).contains("needs grubenv"));
@@ -490,6 +692,135 @@ device = "/dev/b"
                 .contains("the rootfs class is the slot's device")
         );
         assert!(err(&text.replace("\"/usr/lib/abup/post\"", "\"post\"")).contains("absolute path"));
+    }
+
+    const UBOOT: &str = r#"
+[board]
+name = "b"
+compatible = "c"
+[bootloader]
+type = "u-boot"
+script = ["boot.cmd"]
+fw-env-config = "/etc/fw_env.config"
+script-path = "/boot/firmware/boot.scr"
+mkimage-arch = "arm64"
+initial-env = "u-boot-initial-env"
+[[slot]]
+name = "A"
+device = "/dev/a"
+[[slot]]
+name = "B"
+device = "/dev/b"
+[[boot-file]]
+source = "u-boot.bin"
+destination = "/boot/firmware/u-boot.bin"
+"#;
+
+    /// The GRUB board with a one-part script written to `path`.
+    fn grub_with_script(path: &str) -> String {
+        GRUB.replace(
+            "grubenv =",
+            &format!("script = [\"a\"]\nscript-path = \"{path}\"\ngrubenv ="),
+        )
+    }
+
+    #[test]
+    fn boot_script_boot_files_and_initial_env() {
+        let b = parse(UBOOT).unwrap();
+        assert_eq!(
+            b.script_path,
+            Some(ScriptPath {
+                path: "/boot/firmware/boot.scr".into(),
+                mkimage_arch: Some("arm64".into())
+            })
+        );
+        assert_eq!(
+            b.bootloader,
+            Bootloader::UBoot {
+                config: "/etc/fw_env.config".into(),
+                initial_env: Some("u-boot-initial-env".into())
+            }
+        );
+        assert_eq!(
+            b.boot_files,
+            [BootFile {
+                source: "u-boot.bin".into(),
+                destination: "/boot/firmware/u-boot.bin".into()
+            }]
+        );
+        let b = parse(&grub_with_script("/boot/efi/grub/grub.cfg")).unwrap();
+        assert_eq!(
+            b.script_path,
+            Some(ScriptPath {
+                path: "/boot/efi/grub/grub.cfg".into(),
+                mkimage_arch: None
+            })
+        );
+        assert!(b.boot_files.is_empty());
+        assert_eq!(parse(GRUB).unwrap().script_path, None);
+    }
+
+    #[test]
+    fn boot_file_errors_say_what_to_change() {
+        // With a layout, every file must land on a partition that provisioning mounts.
+        let layout = "[[partition]]\nname = \"boot\"\ntype = \"esp\"\nsize = \"32MiB\"\n\
+                      filesystem = \"vfat\"\nmount = \"/boot/firmware\"\n\
+                      [[partition]]\nname = \"a\"\ntype = \"linux\"\nsize = \"1MiB\"\nslot = \"A\"\n\
+                      [[partition]]\nname = \"b\"\ntype = \"linux\"\nsize = \"1MiB\"\nslot = \"B\"\n";
+        parse(&(UBOOT.to_owned() + layout)).unwrap();
+        // (board text, what its error must say)
+        let cases = [
+            (
+                UBOOT.replace("mkimage-arch = \"arm64\"\n", ""),
+                "give its architecture",
+            ),
+            (
+                UBOOT.replace("\"arm64\"", "\"aarch64\""),
+                "mkimage-arch \"aarch64\" is not one of mkimage's architectures",
+            ),
+            (UBOOT.replace("boot.scr", "boot.txt"), "drop mkimage-arch"),
+            (
+                UBOOT.replace("script-path = \"/boot/firmware/boot.scr\"\n", ""),
+                "mkimage-arch is for a script-path ending in .scr",
+            ),
+            (
+                UBOOT.replace("script = [\"boot.cmd\"]", ""),
+                "needs the parts to write there",
+            ),
+            (
+                UBOOT.replace("\"/boot/firmware/boot.scr\"", "\"boot.scr\""),
+                "script-path boot.scr must be an absolute path",
+            ),
+            (
+                UBOOT.replace("/boot/firmware/u-boot.bin", "/boot/firmware/../../etc/x"),
+                "without ..",
+            ),
+            (UBOOT.replace("\"u-boot.bin\"", "\"\""), "source is empty"),
+            (
+                UBOOT.replace("u-boot.bin\"\n", "boot.scr\"\n"),
+                "two files are written to /boot/firmware/boot.scr",
+            ),
+            (
+                UBOOT.replace("destination =", "dest ="),
+                "unknown field `dest`",
+            ),
+            (
+                grub_with_script("/boot/efi/grub/boot.scr"),
+                "a GRUB board's script is written as it is",
+            ),
+            (
+                GRUB.replace("grubenv =", "initial-env = \"e\"\ngrubenv ="),
+                "drop it from a GRUB board",
+            ),
+            (
+                UBOOT.replace("/boot/firmware/u-boot.bin", "/opt/u-boot.bin") + layout,
+                "/opt/u-boot.bin is on none of the [[partition]] mounts",
+            ),
+        ];
+        for (text, expected) in cases {
+            let e = err(&text);
+            assert!(e.contains(expected), "expected {expected:?} in: {e}");
+        }
     }
 
     #[test]

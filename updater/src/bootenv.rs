@@ -40,7 +40,7 @@ impl Location {
             Bootloader::Grub {
                 env: GrubEnv::Single(p),
             } => Location::GrubSingle(p.clone()),
-            Bootloader::UBoot { config } => Location::UBoot {
+            Bootloader::UBoot { config, .. } => Location::UBoot {
                 config: config.clone(),
                 lock_file: None,
             },
@@ -196,16 +196,7 @@ impl Environment {
                 snapshot,
             } => {
                 let mut env = snapshot.env.clone();
-                for (k, v) in changes {
-                    match v {
-                        Some(v) => env
-                            .set(k, v)
-                            .with_context(|| format!("setting U-Boot variable {k}"))?,
-                        None => {
-                            env.remove(k);
-                        }
-                    }
-                }
+                apply_uboot(&mut env, changes)?;
                 let copy = device.write(&env).with_context(|| {
                     format!("writing the U-Boot environment of {}", config.display())
                 })?;
@@ -309,6 +300,21 @@ fn grub_current<'a>(paths: &[PathBuf; 2], pair: &'a EnvPair) -> Result<&'a EnvBl
             paths[1].display()
         )
     })
+}
+
+/// Sets and unsets `changes` in a U-Boot environment held in memory.
+pub(crate) fn apply_uboot(env: &mut u_boot_env::Env, changes: &[Assignment]) -> Result<()> {
+    for (k, v) in changes {
+        match v {
+            Some(v) => env
+                .set(k, v)
+                .with_context(|| format!("setting U-Boot variable {k}"))?,
+            None => {
+                env.remove(k);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The U-Boot environment a configuration file describes, under libubootenv's lock (or

@@ -136,11 +136,14 @@ pub enum Command {
         with the board's [[partition]] tables (board.toml), creates their vfat and ext4 \
         filesystems, writes BUNDLE's image into the first slot (every slot with --both) \
         through the install's verified pipeline and records its version in the state \
-        directory, and creates the bootloader environment with the first slot first and \
-        confirmed. Partitions are reached through loop devices over their ranges of DISK and \
-        the filesystems mounted in a temporary directory, so it needs root.\n\n\
-        A disk that holds a partition table or a filesystem is refused (exit status 4) \
-        unless --force. Cut at any point (power, kill), the same command finishes the job: a \
+        directory, writes the board's boot script (script-path, compiled with mkimage for \
+        U-Boot) and boot files ([[boot-file]]), and creates the bootloader environment with \
+        the first slot first and confirmed (on U-Boot, after the defaults from initial-env). \
+        Partitions are reached through loop devices over their ranges of DISK and the \
+        filesystems mounted in a temporary directory, so it needs root.\n\n\
+        A board file that is missing beside board.toml, and a disk that holds a partition \
+        table or a filesystem, are refused (exit status 4) before anything is written, the \
+        disk unless --force. Cut at any point (power, kill), the same command finishes the job: a \
         disk whose table is exactly the board's layout is taken for one it started, and its \
         journal in the state directory says where it stopped. On a disk it finished, it \
         changes nothing and says so. Ends with one line, or one JSON object with --json."

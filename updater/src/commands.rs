@@ -35,7 +35,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Env(args) => env(&cli.config, args),
         Command::Install(args) => install(&load_board(&cli.config)?, args),
         Command::Provision(args) => provision(&cli.config, args),
-        Command::SplitRoot(args) => split_root(&load_board(&cli.config)?, args),
+        Command::SplitRoot(args) => split_root(&cli.config, args),
         Command::Keygen { secret, public } => crate::bundle_cmd::keygen(&secret, &public),
         Command::Bundle(op) => crate::bundle_cmd::run(op),
         Command::Generate(op) => generate(op),
@@ -599,14 +599,16 @@ fn provision(config: &Path, args: crate::cli::ProvisionArgs) -> Result<Outcome> 
     Ok(Outcome::Done)
 }
 
-fn split_root(board: &Board, args: crate::cli::SplitRootArgs) -> Result<Outcome> {
+fn split_root(config: &Path, args: crate::cli::SplitRootArgs) -> Result<Outcome> {
+    let board = load_board(config)?;
     let opts = crate::provision::split_root::Options {
+        board_dir: config.parent().unwrap_or(Path::new(".")).to_owned(),
         disk: args.disk,
         partition: args.partition,
         work_dir: args.work_dir,
         name: args.name,
     };
-    let summary = crate::provision::split_root::split_root(board, &opts)?;
+    let summary = crate::provision::split_root::split_root(&board, &opts)?;
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {

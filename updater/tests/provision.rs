@@ -1,7 +1,9 @@
 //! `abup provision` on image files with a shipped board's layout: the table checked by
 //! `sgdisk -v` and read back by `sfdisk --json`, the slot read back, the environment read by
-//! the real `grub-editenv`, the slot's record found on the data partition; a disk that holds
-//! something refused; and a run cut after every write finished by running it again.
+//! the real `grub-editenv` or `fw_printenv`, the boot script and boot files read off the FAT
+//! partition with mtools (a U-Boot script checked by `dumpimage`), the slot's record found on
+//! the data partition; a disk that holds something, or a board missing a file, refused; and a
+//! run cut after every write finished by running it again.
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 mod common;
@@ -18,14 +20,23 @@ struct Factory {
     t: Tmp,
     board_name: &'static str,
     board: PathBuf,
+    /// The factory's own file beside board.toml: GRUB's BOOTX64.EFI or U-Boot's
+    /// u-boot-initial-env.
+    built: PathBuf,
     keyring: PathBuf,
     image: Vec<u8>,
     bundle: PathBuf,
     disk: PathBuf,
 }
 
-/// The shipped board file (beside its boot script parts, as in board-configs/), a key pair,
-/// and a signed bundle of a 1 MiB image that is not a whole number of chunks.
+/// U-Boot defaults as a build writes them; `bootdelay` is not one abup writes.
+const INITIAL_ENV: &str = "arch=x86\nbootcmd=load nvme 0:1 ${scriptaddr} boot.scr; source\n\
+                           bootdelay=2\n";
+
+/// The shipped board-configs/ tree (the board file beside its boot script parts, which it
+/// names as `../grub/...`), the file the factory builds for the board beside its board.toml
+/// (a stand-in BOOTX64.EFI, or U-Boot defaults), a key pair, and a signed bundle of a 1 MiB
+/// image that is not a whole number of chunks.
 fn factory(board: &'static str) -> Option<Factory> {
     if !(common::is_root()
         && [
@@ -43,14 +54,31 @@ fn factory(board: &'static str) -> Option<Factory> {
     {
         return None;
     }
+    let uboot = !board.contains("grub");
+    if uboot
+        && !["fw_printenv", "mkimage", "dumpimage"]
+            .iter()
+            .all(|t| common::have(t))
+    {
+        return None;
+    }
     let t = Tmp::new();
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../board-configs");
-    let dir = t.path("board");
-    std::fs::create_dir(&dir).unwrap();
-    for f in std::fs::read_dir(shipped.join(board)).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
-    }
+    let configs = t.path("board-configs");
+    run_ok(
+        "cp",
+        &["-r", shipped.to_str().unwrap(), configs.to_str().unwrap()],
+    );
+    let dir = configs.join(board);
+    let built = if uboot {
+        let path = dir.join("u-boot-initial-env");
+        std::fs::write(&path, INITIAL_ENV).unwrap();
+        path
+    } else {
+        let path = dir.join("BOOTX64.EFI");
+        std::fs::write(&path, image(70_000, 9)).unwrap();
+        path
+    };
     let keyring = t.path("keyring");
     std::fs::create_dir(&keyring).unwrap();
     let key = t.path("key.pem");
@@ -86,6 +114,7 @@ fn factory(board: &'static str) -> Option<Factory> {
     Some(Factory {
         board_name: board,
         board: dir.join("board.toml"),
+        built,
         disk: t.path("disk.img"),
         t,
         keyring,
@@ -141,31 +170,79 @@ impl Factory {
             .collect()
     }
 
+    /// A file of the FAT boot partition, copied out with mtools straight from the disk.
+    fn fat_file(&self, name: &str) -> PathBuf {
+        let out = self.t.path(name.rsplit('/').next().unwrap());
+        let fat = format!("{}@@{}", self.disk.display(), self.table()[0].0 * 512);
+        run_ok(
+            "mcopy",
+            &[
+                "-o",
+                "-n",
+                "-i",
+                &fat,
+                &format!("::/{name}"),
+                out.to_str().unwrap(),
+            ],
+        );
+        out
+    }
+
+    /// The board's script parts, concatenated.
+    fn script(&self) -> Vec<u8> {
+        let board = abup::board::Board::load(&self.board).unwrap();
+        let dir = self.board.parent().unwrap();
+        board
+            .script
+            .iter()
+            .flat_map(|part| common::read(&dir.join(part)))
+            .collect()
+    }
+
+    /// The boot script and the factory's file where the board's config puts them on the
+    /// FAT partition: GRUB's grub.cfg exactly the script and BOOTX64.EFI for UEFI firmware;
+    /// U-Boot's boot.scr a script image (as dumpimage lists it) holding the script.
+    fn assert_boot_files(&self) {
+        if self.board_name.contains("grub") {
+            assert!(
+                common::read(&self.fat_file("grub/grub.cfg")) == self.script(),
+                "grub.cfg is not the script"
+            );
+            assert!(
+                common::read(&self.fat_file("EFI/BOOT/BOOTX64.EFI")) == common::read(&self.built),
+                "BOOTX64.EFI differs from the factory's"
+            );
+        } else {
+            let scr = self.fat_file("boot.scr");
+            let listed = run_ok("dumpimage", &["-l", scr.to_str().unwrap()]);
+            assert!(
+                listed.contains("Intel x86 Linux Script (uncompressed)"),
+                "{listed}"
+            );
+            assert!(
+                common::read(&scr).ends_with(&self.script()),
+                "boot.scr is not the script"
+            );
+        }
+    }
+
     /// The environment on the boot partition, listed by the bootloader's own tools: both
     /// GRUB blocks by grub-editenv, or the redundant U-Boot pair by fw_printenv.
     fn env(&self) -> Vec<String> {
-        let fat = self.t.path("boot.fat");
-        std::fs::write(&fat, self.partition(1)).unwrap();
-        let copy_out = |name: &str| {
-            let out = self.t.path(name.rsplit('/').next().unwrap());
-            run_ok(
-                "mcopy",
-                &[
-                    "-o",
-                    "-i",
-                    fat.to_str().unwrap(),
-                    &format!("::/{name}"),
-                    out.to_str().unwrap(),
-                ],
-            );
-            out
-        };
         if self.board_name.contains("grub") {
             ["grub/abupenv.0", "grub/abupenv.1"]
-                .map(|n| run_ok("grub-editenv", &[copy_out(n).to_str().unwrap(), "list"]))
+                .map(|n| {
+                    run_ok(
+                        "grub-editenv",
+                        &[self.fat_file(n).to_str().unwrap(), "list"],
+                    )
+                })
                 .to_vec()
         } else {
-            let (a, b) = (copy_out("uboot.env"), copy_out("uboot-redund.env"));
+            let (a, b) = (
+                self.fat_file("uboot.env"),
+                self.fat_file("uboot-redund.env"),
+            );
             let config = self.t.path("fw_env.config");
             std::fs::write(
                 &config,
@@ -198,19 +275,32 @@ impl Factory {
             &self.image[..],
             "slot A holds the image"
         );
+        let defaults: &[&str] = if self.board_name.contains("grub") {
+            &[]
+        } else {
+            &["bootdelay=2", "arch=x86"]
+        };
         for copy in self.env() {
             for line in [
                 "BOOT_ORDER=A B",
                 "BOOT_A_LEFT=3",
                 "BOOT_B_LEFT=0",
                 "BOOT_GOOD=A",
-            ] {
-                assert!(copy.lines().any(|l| l == line), "{line} missing: {copy}");
+            ]
+            .iter()
+            .chain(defaults)
+            {
+                assert!(copy.lines().any(|l| l == *line), "{line} missing: {copy}");
             }
         }
+        self.assert_boot_files();
         let slots: serde_json::Value =
             serde_json::from_str(&self.state_file("slots.json")).unwrap();
         assert_eq!(slots["slots"]["A"]["version"], "1.0", "{slots}");
+        // A recorded bundle makes abup expect a security floor: the factory's is the lowest.
+        let floor: serde_json::Value =
+            serde_json::from_str(&self.state_file("security.json")).unwrap();
+        assert_eq!(floor["floor"], 0, "{floor}");
     }
 }
 
@@ -306,15 +396,41 @@ fn a_cut_after_any_write_is_finished_by_running_provision_again() {
 }
 
 /// A U-Boot board: its redundant environment is created where the fw_env.config beside its
-/// board.toml puts it, on the FAT boot partition, and fw_printenv reads it.
+/// board.toml puts it, on the FAT boot partition, with U-Boot's defaults from initial-env
+/// and the slot variables, and fw_printenv reads it; boot.scr is compiled from the script.
+/// Without the defaults file, provisioning is refused before it writes anything.
 #[test]
-fn a_u_boot_board_gets_its_redundant_environment_on_the_boot_partition() {
-    if !common::have("fw_printenv") {
-        return;
-    }
+fn a_u_boot_board_gets_its_environment_with_defaults_and_its_boot_script() {
     let Some(f) = factory("qemu-x86-uboot") else {
         return;
     };
+    let defaults = std::fs::read(&f.built).unwrap();
+    std::fs::remove_file(&f.built).unwrap();
+    f.provision(&[f.bundle.to_str().unwrap()], &[])
+        .assert_refused_with(
+            4,
+            &["u-boot-initial-env", "is missing", "nothing was written"],
+        );
+    assert!(!f.disk.exists(), "a refused run created the disk");
+
+    std::fs::write(&f.built, defaults).unwrap();
     f.provision(&[f.bundle.to_str().unwrap()], &[]).success();
     f.assert_provisioned();
+}
+
+/// A boot file the board names that the factory did not put beside board.toml: refused, exit
+/// status 4, naming it, and the disk not touched.
+#[test]
+fn a_missing_boot_file_is_refused_before_anything_is_written() {
+    let Some(f) = factory("qemu-x86_64-grub") else {
+        return;
+    };
+    std::fs::remove_file(&f.built).unwrap();
+    std::fs::write(&f.disk, vec![0u8; 300 * MIB as usize]).unwrap();
+    let out = f.provision(&[f.bundle.to_str().unwrap()], &[]);
+    out.assert_refused_with(4, &["boot-file source", "BOOTX64.EFI", "is missing"]);
+    assert!(
+        common::read(&f.disk).iter().all(|&b| b == 0),
+        "a refused run wrote to the disk"
+    );
 }

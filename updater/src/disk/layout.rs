@@ -216,7 +216,8 @@ pub(crate) fn parse(
     Ok(parts)
 }
 
-fn type_guid(kind: &str) -> Option<String> {
+/// The type GUID (upper case) of `kind`: one of the short names board.toml accepts, or a GUID.
+pub fn type_guid(kind: &str) -> Option<String> {
     if let Some((_, guid)) = TYPES.iter().find(|(name, _)| *name == kind) {
         return Some((*guid).to_owned());
     }

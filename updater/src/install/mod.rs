@@ -185,6 +185,9 @@ pub fn provision_slot(
     let mut progress = progress::Progress::new(opts.progress);
     let (plan, reader) = plan::plan_provision(board, target, opts, &mut progress)?;
     let phase = write_or_resume(state, &plan, reader, &mut progress)?;
+    // A recorded bundle makes the floor expected (`StateDir::floor_expected`), so it goes in
+    // first: the lowest, which the first `mark-good` raises to the slot's security version.
+    state.ensure_floor(plan.floor)?;
     record(state, &plan)?;
     state.clear_journal(plan.bundle.manifest.images.len())?;
     progress.finish();

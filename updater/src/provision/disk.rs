@@ -1,7 +1,7 @@
 //! `abup provision`: a blank disk laid out as the board's `[[partition]]` tables describe,
 //! its filesystems created, the bundle's image written into slot A (and the other slots with
-//! `--both`) through the install's verified pipeline, and the bootloader environment created
-//! with A first and confirmed.
+//! `--both`) through the install's verified pipeline, the board's boot script and boot files
+//! written, and the bootloader environment created with A first and confirmed.
 //!
 //! The steps run in that order and each is journalled in the state directory (on the
 //! partition the board mounts it from) once it is durable, so a run cut at any point is
@@ -21,8 +21,10 @@ use anyhow::{bail, Context, Result};
 use bootcount::{AbupState, RaucGrubState, Scheme, SlotId, State};
 use serde::{Deserialize, Serialize};
 
+use super::boot_files::BootFiles;
+use super::run;
 use crate::board::{Board, Bootloader, GrubEnv};
-use crate::bootenv::Location;
+use crate::bootenv::{Assignment, Location};
 use crate::disk::layout::{self, Filesystem, Partition, Placed, Size};
 use crate::disk::table;
 use crate::install::{self, ProgressMode, Refused};
@@ -100,7 +102,8 @@ struct Journal {
 const JOURNAL: &str = "provision.json";
 
 /// Lays out `opts.disk` for `board` and fills it; `board_dir` holds the board's files (its
-/// `fw_env.config` for a U-Boot board).
+/// boot script parts, boot files, and for a U-Boot board `fw_env.config` and the default
+/// environment).
 pub fn provision(board: &Board, board_dir: &Path, opts: &Options) -> Result<Summary> {
     if board.layout.is_empty() {
         bail!(
@@ -110,6 +113,7 @@ pub fn provision(board: &Board, board_dir: &Path, opts: &Options) -> Result<Summ
         );
     }
     let disk_name = opts.disk.display().to_string();
+    let boot_files = BootFiles::gather(board, board_dir)?;
     let placed = prepare_table(board, opts)?;
     let root = tempfile::Builder::new()
         .prefix("abup-provision.")
@@ -163,7 +167,14 @@ pub fn provision(board: &Board, board_dir: &Path, opts: &Options) -> Result<Summ
                 save(&state, &journal)?;
             }
         }
-        create_environment(&target, board_dir, root.path(), &mounts)?;
+        boot_files.write(|p| map_path(p, root.path(), &mounts))?;
+        create_environment(
+            &target,
+            board_dir,
+            root.path(),
+            &mounts,
+            &boot_files.defaults,
+        )?;
         for m in &mounts {
             m.copy_staged()?;
         }
@@ -576,37 +587,21 @@ pub(super) fn factory_state(board: &Board) -> State {
     }
 }
 
-/// Creates the environment with the factory state, replacing what a cut run left half made.
-/// A U-Boot board's environment is where the `fw_env.config` beside its board.toml says,
-/// on the mounted filesystems.
+/// Creates the environment with `defaults` (U-Boot's) and the factory state, replacing what a
+/// cut run left half made. A U-Boot board's environment is where the `fw_env.config` beside
+/// its board.toml says, on the mounted filesystems.
 fn create_environment(
     target: &Board,
     board_dir: &Path,
     root: &Path,
     mounts: &[Mounted],
+    defaults: &[Assignment],
 ) -> Result<()> {
-    let vars = factory_state(target).encode();
+    let mut vars = defaults.to_vec();
+    vars.extend(factory_state(target).encode());
     let location = match &target.bootloader {
-        Bootloader::Grub { env } => {
-            let files: Vec<&PathBuf> = match env {
-                GrubEnv::Pair(p) => p.iter().collect(),
-                GrubEnv::Single(p) => vec![p],
-            };
-            for f in files {
-                if let Some(dir) = f.parent() {
-                    std::fs::create_dir_all(dir)
-                        .with_context(|| format!("creating {}", dir.display()))?;
-                }
-                match std::fs::remove_file(f) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(e).with_context(|| format!("removing {}", f.display()))
-                    }
-                    _ => {}
-                }
-            }
-            Location::of_board(target)
-        }
-        Bootloader::UBoot { config } => {
+        Bootloader::Grub { .. } => Location::of_board(target),
+        Bootloader::UBoot { config, .. } => {
             let name = config
                 .file_name()
                 .context("the board's fw-env-config has no file name")?;
@@ -654,7 +649,7 @@ fn create_environment(
             }
         }
     };
-    super::create_env(&location, None, true, &vars).context("creating the bootloader environment")
+    super::recreate_env(&location, &vars)
 }
 
 /// A number as fw_env.config writes them: hexadecimal with 0x, else decimal.
@@ -663,20 +658,4 @@ fn parse_number(text: &str) -> Option<u64> {
         Some(hex) => u64::from_str_radix(hex, 16).ok(),
         None => text.parse().ok(),
     }
-}
-
-/// Runs a tool and returns its standard output; its standard error is the error.
-pub(super) fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("running {:?}", cmd.get_program()))?;
-    if !out.status.success() {
-        bail!(
-            "{:?} failed ({}): {}",
-            cmd.get_program(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

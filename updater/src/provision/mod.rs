@@ -1,10 +1,12 @@
 //! Writing a bootloader environment for the first time: at the factory, when a board is
 //! converted to abup, or by `abup env ... create`.
 
+pub mod boot_files;
 pub mod disk;
 pub mod split_root;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use grub_env::{Change, EnvBlock, EnvPair};
@@ -58,12 +60,7 @@ pub fn create_env(
             }
             let device = crate::bootenv::open_uboot(config, lock_file.as_deref())?;
             let mut env = u_boot_env::Env::new();
-            for (k, v) in vars {
-                if let Some(v) = v {
-                    env.set(k, v)
-                        .with_context(|| format!("setting U-Boot variable {k}"))?;
-                }
-            }
+            crate::bootenv::apply_uboot(&mut env, vars)?;
             match device.read() {
                 Ok(_) if !force => bail!(
                     "{} already holds a valid U-Boot environment; add --force to replace all \
@@ -95,4 +92,42 @@ fn refuse_existing(path: &Path) -> Result<()> {
 /// first, so a cut never leaves a half-written block under the real name.
 fn create_file(path: &Path, block: &EnvBlock) -> Result<()> {
     crate::state::replace(path, block.as_bytes())
+}
+
+/// Creates the environment at `location` holding exactly `vars`, replacing what a cut run
+/// left half made (GRUB files, which `create_env` refuses to overwrite, are removed first).
+pub fn recreate_env(location: &Location, vars: &[Assignment]) -> Result<()> {
+    let files: Vec<&PathBuf> = match location {
+        Location::GrubPair(p) => p.iter().collect(),
+        Location::GrubSingle(p) => vec![p],
+        Location::UBoot { .. } => Vec::new(),
+    };
+    for f in files {
+        if let Some(dir) = f.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        match std::fs::remove_file(f) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", f.display()))
+            }
+            _ => {}
+        }
+    }
+    create_env(location, None, true, vars).context("creating the bootloader environment")
+}
+
+/// Runs a tool and returns its standard output; its standard error is the error.
+fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} failed ({}): {}",
+            cmd.get_program(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

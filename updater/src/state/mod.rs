@@ -138,17 +138,7 @@ impl StateDir {
                 path.display()
             );
         }
-        let mut bytes = Vec::new();
-        file.take(limit + 1)
-            .read_to_end(&mut bytes)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if bytes.len() as u64 > limit {
-            bail!(
-                "{} is larger than {limit} bytes: not a file abup wrote",
-                path.display()
-            );
-        }
-        Ok(Some(bytes))
+        read_limited(file, &path, limit, "not a file abup wrote").map(Some)
     }
 
     /// Replaces state file `name` with `bytes`, durably and atomically (see [`replace`]).
@@ -220,10 +210,41 @@ pub(crate) fn open_nofollow(path: &Path, write: bool) -> std::io::Result<File> {
         .open(path)
 }
 
+/// Reads `file` (opened from `path`) whole, refusing it when it holds more than `limit` bytes;
+/// the limit holds while reading, so a file that grows meanwhile cannot defeat it.
+/// `too_large` ends that error's message.
+pub(crate) fn read_limited(
+    file: File,
+    path: &Path,
+    limit: u64,
+    too_large: &str,
+) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() as u64 > limit {
+        bail!(
+            "{} is larger than {limit} bytes: {too_large}",
+            path.display()
+        );
+    }
+    Ok(bytes)
+}
+
 /// Replaces `path` with `bytes`: a new file under a unique name next to it (created
 /// exclusively, 0600), synced, renamed over `path`, and the directory synced, so a cut leaves
 /// the old file or the new one, never a mix, and nobody can have prepared the temporary file.
 pub fn replace(path: &Path, bytes: &[u8]) -> Result<()> {
+    replace_with(path, |f| f.write_all(bytes))
+}
+
+/// [`replace`] with the new content written by `write`, for content streamed from elsewhere
+/// (a file copied) rather than held in memory.
+pub fn replace_with(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -235,7 +256,7 @@ pub fn replace(path: &Path, bytes: &[u8]) -> Result<()> {
         .prefix(&format!(".{name}."))
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(bytes)
+    write(tmp.as_file_mut())
         .and_then(|()| tmp.as_file().sync_all())
         .with_context(|| format!("writing {}", tmp.path().display()))?;
     tmp.persist(path)

@@ -28,12 +28,14 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::board::{Board, Bootloader, GrubEnv};
+use crate::board::Board;
 use crate::bootenv::Location;
 use crate::disk::layout::SECTOR;
 use crate::install::Refused;
 
 mod backup;
+
+use super::run;
 
 use backup::Backup;
 
@@ -78,6 +80,8 @@ pub struct Options {
     pub work_dir: PathBuf,
     /// The new partition's GPT name.
     pub name: Option<String>,
+    /// The board file's directory (U-Boot's `initial-env` is there).
+    pub board_dir: PathBuf,
 }
 
 /// What the split decided, written before anything else and read by every later run.
@@ -207,7 +211,7 @@ pub fn split_root(board: &Board, opts: &Options) -> Result<Summary> {
         create_once(&work.join(Step::Table.marker()), b"")?;
     }
     if done < Step::Done {
-        create_environment(board)?;
+        create_environment(board, &opts.board_dir)?;
         create_once(&work.join(Step::Done.marker()), b"")?;
         reread_partitions(&disk, &disk_path);
     }
@@ -674,25 +678,12 @@ fn sync_dir(dir: &Path) -> Result<()> {
     nix::unistd::syncfs(&d).with_context(|| format!("syncing the filesystem of {}", dir.display()))
 }
 
-/// The factory state (A first, confirmed), replacing what a cut run left half made.
-fn create_environment(board: &Board) -> Result<()> {
-    if let Bootloader::Grub { env } = &board.bootloader {
-        let files: Vec<&PathBuf> = match env {
-            GrubEnv::Pair(p) => p.iter().collect(),
-            GrubEnv::Single(p) => vec![p],
-        };
-        for f in files {
-            match std::fs::remove_file(f) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(e).with_context(|| format!("removing {}", f.display()))
-                }
-                _ => {}
-            }
-        }
-    }
-    let vars = super::disk::factory_state(board).encode();
-    super::create_env(&Location::of_board(board), None, true, &vars)
-        .context("creating the bootloader environment")
+/// The factory state (A first, confirmed) after U-Boot's defaults, replacing what a cut run
+/// left half made.
+fn create_environment(board: &Board, board_dir: &Path) -> Result<()> {
+    let mut vars = super::boot_files::defaults(board, board_dir)?;
+    vars.extend(super::disk::factory_state(board).encode());
+    super::recreate_env(&Location::of_board(board), &vars)
 }
 
 /// Asks the kernel to read the new table (a block device with nothing mounted from it);
@@ -709,8 +700,4 @@ fn reread_partitions(disk: &File, path: &Path) {
         // initramfs script asks again once it is not.
         log::info!("the kernel keeps the old partition table for now: {e:#}");
     }
-}
-
-fn run(cmd: &mut Command) -> Result<String> {
-    super::disk::run(cmd)
 }
