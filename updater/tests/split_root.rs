@@ -720,3 +720,55 @@ fn the_shipped_initramfs_scripts_parse_as_posix_sh() {
         assert!(mode & 0o111 != 0, "{s} is not executable");
     }
 }
+
+/// The partition table has two copies, written one after the other: a cut between them
+/// leaves the new primary with the old backup, or (a disk that writes out of order) the old
+/// primary with the new backup. Either way the root filesystem, already shrunk, is whole in
+/// the table a reader picks, and the next run writes both copies and finishes.
+#[test]
+fn a_cut_between_the_two_partition_tables_is_finished_by_running_split_root_again() {
+    common::require_fault_injection();
+    let Some(d) = device(Root::Files) else {
+        return;
+    };
+    let full = d.split(&["-vv"], &[]);
+    full.success();
+    let split = std::fs::read(&d.disk).unwrap();
+    let writes = common::durable_writes(&full);
+    let table_write = writes
+        .iter()
+        .position(|w| w == "the partition table")
+        .unwrap_or_else(|| panic!("no partition table write in {writes:?}"));
+    let len = split.len();
+    // The primary: protective MBR, header and entries (LBA 0-33); the backup: the last 33.
+    let primary = 0..34 * 512;
+    let backup = len - 33 * 512..len;
+    for (torn, new_part) in [("new primary", &primary), ("new backup", &backup)] {
+        d.reset();
+        let cut = d.split(
+            &[],
+            &[(
+                "ABUP_CUT_AFTER_WRITES",
+                OsStr::new(&table_write.to_string()),
+            )],
+        );
+        assert_eq!(cut.code, None, "{}", cut.stderr_text());
+        let mut disk = std::fs::read(&d.disk).unwrap();
+        disk[new_part.clone()].copy_from_slice(&split[new_part.clone()]);
+        std::fs::write(&d.disk, &disk).unwrap();
+        let parts = table(&d.disk);
+        let fsck = {
+            let dev = Loop::attach(&d.disk, ROOT_START, parts[1].1 * 512);
+            Command::new("e2fsck")
+                .args(["-f", "-n", &dev.0])
+                .output()
+                .unwrap()
+        };
+        assert!(
+            fsck.status.success(),
+            "{torn}: the root partition does not hold a whole filesystem"
+        );
+        d.split(&[], &[]).success();
+        d.assert_split();
+    }
+}
