@@ -11,8 +11,9 @@ Exit status:
   1  the operation failed; the message says what was left unchanged
   2  the command line is wrong
   3  `env get`: the variable is not set
-  4  the bundle was refused before anything was written (signature, board, security
-     version, size) or `bundle verify` found it damaged
+  4  refused before anything was written: the bundle (signature, board, security
+     version, size; or `bundle verify` found it damaged), a disk `provision` will not
+     overwrite or a board file it lacks, a root `split-root` cannot split
   5  another install is running";
 
 #[derive(Debug, Parser)]

@@ -7,8 +7,9 @@ pub const OK: u8 = 0;
 pub const FAILED: u8 = 1;
 /// `env get` of a variable that is not set.
 pub const NOT_SET: u8 = 3;
-/// A bundle refused before anything was written (signature, board, security version, size),
-/// or found damaged by `bundle verify`: it will never install.
+/// Refused before anything was written, and trying again will not help: a bundle
+/// (signature, board, security version, size, or found damaged by `bundle verify`), a disk
+/// `provision` will not overwrite or a board file it lacks, a root `split-root` cannot split.
 pub const REFUSED: u8 = 4;
 /// Another install is running: try again later.
 pub const BUSY: u8 = 5;

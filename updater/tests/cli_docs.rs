@@ -74,7 +74,7 @@ fn help_documents_exit_statuses_and_bad_arguments_exit_two() {
     for status in [
         "0  success",
         "3  `env get`",
-        "4  the bundle was refused",
+        "4  refused before anything was written",
         "5  another install",
     ] {
         assert!(out.stdout_text().contains(status), "{status}");
