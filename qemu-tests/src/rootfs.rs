@@ -84,27 +84,9 @@ pub fn build(board: Board, slot: SlotImage<'_>, keyring: &Path, out: &Path) -> R
     fs::create_dir_all(root.join("var"))?;
     symlink("/run/lock", root.join("var/lock"))?;
 
-    // busybox and its applets; `busybox --list` names busybox itself, which must not be
-    // linked onto itself. The list comes from the x86_64 build, which has the same applets.
-    fs::copy(artifacts::busybox(board.arch())?, root.join("bin/busybox"))?;
-    let list = Command::new(artifacts::busybox(Arch::X86_64)?)
-        .arg("--list-full")
-        .output()
-        .context("listing busybox applets")?;
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        let link = root.join(applet);
-        if applet.ends_with("/busybox") || link.exists() {
-            continue;
-        }
-        if slot.defect == Some(Defect::NoInit) {
-            // No /sbin/init and no /bin/sh, the kernel's last resort: it panics.
-            break;
-        }
-        if let Some(dir) = link.parent() {
-            fs::create_dir_all(dir)?;
-        }
-        symlink("/bin/busybox", &link)?;
-    }
+    // No /sbin/init and no /bin/sh for a slot without init, the kernel's last resort: it
+    // panics.
+    busybox(board.arch(), root, slot.defect != Some(Defect::NoInit))?;
 
     let kernel = artifacts::kernel(board.arch())?;
     if slot.defect != Some(Defect::NoKernel) {
@@ -192,6 +174,33 @@ fi
 echo "{READY}"
 "#
     )
+}
+
+/// Debian's static busybox for `arch` as `root`/bin/busybox, with a link for each of its
+/// applets unless `applets` is false. `busybox --list-full` names busybox itself, which must
+/// not be linked onto itself; the list comes from the x86_64 build (which the host can run),
+/// which has the same applets.
+pub fn busybox(arch: Arch, root: &Path, applets: bool) -> Result<()> {
+    fs::create_dir_all(root.join("bin"))?;
+    fs::copy(artifacts::busybox(arch)?, root.join("bin/busybox"))?;
+    if !applets {
+        return Ok(());
+    }
+    let list = Command::new(artifacts::busybox(Arch::X86_64)?)
+        .arg("--list-full")
+        .output()
+        .context("listing busybox applets")?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let link = root.join(applet);
+        if applet.ends_with("/busybox") || link.exists() {
+            continue;
+        }
+        if let Some(dir) = link.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        symlink("/bin/busybox", &link)?;
+    }
+    Ok(())
 }
 
 /// The kernel modules a guest loads to mount its FAT partition, into `root`'s

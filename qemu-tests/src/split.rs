@@ -5,7 +5,6 @@
 
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -105,22 +104,7 @@ pub fn initramfs(config: &Path, out: &Path) -> Result<()> {
     ] {
         fs::create_dir_all(root.join(dir))?;
     }
-    let busybox = artifacts::busybox(Arch::X86_64)?;
-    fs::copy(&busybox, root.join("bin/busybox"))?;
-    let list = Command::new(&busybox)
-        .arg("--list-full")
-        .output()
-        .context("listing busybox applets")?;
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        let link = root.join(applet);
-        if applet.ends_with("/busybox") || link.exists() {
-            continue;
-        }
-        if let Some(dir) = link.parent() {
-            fs::create_dir_all(dir)?;
-        }
-        symlink("/bin/busybox", &link)?;
-    }
+    rootfs::busybox(Arch::X86_64, root, true)?;
     // The e2fsprogs tools replace busybox's applets of the same name, if any.
     let abup = artifacts::abup()?;
     let stripped = root.join("usr/bin/abup");
@@ -162,7 +146,7 @@ pub fn initramfs(config: &Path, out: &Path) -> Result<()> {
     let cpio = format!(
         "cd {} && find . | {} cpio -o -H newc | gzip -1 > {}",
         root.display(),
-        busybox.display(),
+        artifacts::busybox(Arch::X86_64)?.display(),
         out.display()
     );
     run(Command::new("sh").arg("-c").arg(cpio))
