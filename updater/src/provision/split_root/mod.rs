@@ -190,7 +190,12 @@ pub fn split_root(board: &Board, opts: &Options) -> Result<Summary> {
     };
     let done = done.unwrap_or(Step::Planned);
     if done < Step::Shrunk {
-        let fs = FsDevice::attach(&disk_path, &plan)?;
+        let fs = FsDevice::attach(
+            &disk_path,
+            plan.partition,
+            plan.first_lba,
+            plan.old_last_lba,
+        )?;
         shrink(&fs.path, &plan, work, resumed)?;
         create_once(&work.join(Step::Shrunk.marker()), b"")?;
     }
@@ -340,22 +345,7 @@ fn make_plan(
     let b_partition = (1..=128)
         .find(|n| table.iter().all(|(m, _)| m != n))
         .ok_or_else(|| refuse(format!("{name}'s partition table has no free entry")))?;
-    let probe_plan = Plan {
-        version: 1,
-        disk_guid: crate::disk::table::disk_guid(disk)?,
-        partition: number,
-        first_lba: root.first_lba,
-        old_last_lba: root.last_lba,
-        a_last_lba: root.last_lba,
-        b_partition,
-        b_first_lba: 0,
-        b_last_lba: 0,
-        b_name: String::new(),
-        block_size: 0,
-        old_blocks: 0,
-        new_blocks: 0,
-    };
-    let fs = FsDevice::attach(disk_path, &probe_plan)?;
+    let fs = FsDevice::attach(disk_path, number, root.first_lba, root.last_lba)?;
     if let Some(saved) = read_backup(&opts.work_dir)? {
         // Left by a shrink whose plan a FAT work directory lost (see `read_plan`).
         log::warn!("a backup without a plan: putting back the blocks it saved");
@@ -426,14 +416,19 @@ fn make_plan(
             .map_or_else(|| "rootfs-b".to_owned(), |p| p.name.clone()),
     };
     Ok(Plan {
+        version: 1,
+        disk_guid: crate::disk::table::disk_guid(disk)?,
+        partition: number,
+        first_lba: root.first_lba,
+        old_last_lba: root.last_lba,
         a_last_lba: b_start / SECTOR - 1,
+        b_partition,
         b_first_lba: b_start / SECTOR,
         b_last_lba: root.last_lba,
         b_name,
         block_size,
         old_blocks,
         new_blocks,
-        ..probe_plan
     })
 }
 
@@ -461,12 +456,13 @@ struct FsDevice {
 }
 
 impl FsDevice {
-    fn attach(disk: &Path, plan: &Plan) -> Result<FsDevice> {
+    /// Partition `number` of `disk`, from `first_lba` to `last_lba` (its end before the split).
+    fn attach(disk: &Path, number: u32, first_lba: u64, last_lba: u64) -> Result<FsDevice> {
         let block = std::fs::metadata(disk).is_ok_and(|m| m.file_type().is_block_device());
-        let offset = plan.first_lba * SECTOR;
-        let len = (plan.old_last_lba + 1 - plan.first_lba) * SECTOR;
+        let offset = first_lba * SECTOR;
+        let len = (last_lba + 1 - first_lba) * SECTOR;
         if block {
-            if let Some(path) = partition_node(disk, plan.partition) {
+            if let Some(path) = partition_node(disk, number) {
                 // Claimed: open fails while the root filesystem is mounted.
                 OpenOptions::new()
                     .read(true)
@@ -482,13 +478,8 @@ impl FsDevice {
                 return Ok(FsDevice { path, _loop: None });
             }
         }
-        let attached = super::disk::attach(disk, offset, len).with_context(|| {
-            format!(
-                "attaching partition {} of {}",
-                plan.partition,
-                disk.display()
-            )
-        })?;
+        let attached = super::disk::attach(disk, offset, len)
+            .with_context(|| format!("attaching partition {number} of {}", disk.display()))?;
         Ok(FsDevice {
             path: attached.0.clone(),
             _loop: Some(attached),
@@ -655,18 +646,12 @@ fn remove_backup(work: &Path) -> Result<()> {
     }
 }
 
-/// Creates `path` with `bytes`, durably, or finds it already there: a file written to a
-/// temporary name and renamed to a name nothing holds yet, which FAT does safely too.
+/// Creates `path` with `bytes` as the state directory writes its files (a temporary name,
+/// synced, renamed to a name nothing holds yet, which FAT does safely too), then syncs the
+/// whole filesystem, which FAT needs.
 fn create_once(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| File::open(&tmp)?.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("creating {}", path.display()))?;
-    sync_dir(dir)?;
-    crate::failpoint::wrote(&path.display().to_string());
-    Ok(())
+    crate::state::replace(path, bytes)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 /// The directory, and the whole filesystem it is on: on FAT a directory's fsync does not
