@@ -59,20 +59,7 @@ pub struct Entry {
 
 /// The disk's GPT entries in order, if it has a valid GPT.
 pub fn read(disk: &File) -> Option<Vec<Entry>> {
-    let table = open(disk, false).ok()?;
-    Some(
-        table
-            .partitions()
-            .values()
-            .filter(|p| p.is_used())
-            .map(|p| Entry {
-                name: p.name.clone(),
-                type_guid: p.part_type_guid.guid.to_string().to_ascii_uppercase(),
-                first_lba: p.first_lba,
-                last_lba: p.last_lba,
-            })
-            .collect(),
-    )
+    Some(read_numbered(disk)?.into_iter().map(|(_, e)| e).collect())
 }
 
 /// The used entries of a partition table with their numbers (1-based).
