@@ -357,17 +357,6 @@ fn a_disk_that_holds_something_is_refused_unless_forced() {
     f.assert_provisioned();
 }
 
-/// What a reboot does after a cut: the dead run's mounts and loop devices are gone.
-fn reboot(disk: &Path) {
-    let loops = run_ok("losetup", &["-j", disk.to_str().unwrap()]);
-    for dev in loops.lines().filter_map(|l| l.split(':').next()) {
-        let _ = std::process::Command::new("umount").arg(dev).status();
-        let _ = std::process::Command::new("losetup")
-            .args(["-d", dev])
-            .status();
-    }
-}
-
 /// A cut after each write in turn (the unsynced ones lost), then the same command again:
 /// every time the disk ends exactly provisioned.
 #[test]
@@ -387,7 +376,7 @@ fn a_cut_after_any_write_is_finished_by_running_provision_again() {
             &[bundle],
             &[("ABUP_CUT_AFTER_WRITES", OsStr::new(&n.to_string()))],
         );
-        reboot(&f.disk);
+        common::reboot(&f.disk);
         assert_eq!(cut.code, None, "run {n} was not cut: {}", cut.stderr_text());
         let again = f.provision(&[bundle], &[]);
         again.success();

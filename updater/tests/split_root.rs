@@ -291,7 +291,7 @@ impl Device {
         ];
         args.extend_from_slice(extra);
         let out = abup_with(&args, env);
-        reboot(&self.disk);
+        common::reboot(&self.disk);
         out
     }
 
@@ -371,14 +371,6 @@ impl Device {
         }
         assert!(self.work.join("split-root.done").exists());
         assert!(!self.work.join("split-root.backup").exists());
-    }
-}
-
-/// What a reboot does after a cut: the dead run's loop devices are gone.
-fn reboot(disk: &Path) {
-    let loops = run_ok("losetup", &["-j", disk.to_str().unwrap()]);
-    for dev in loops.lines().filter_map(|l| l.split(':').next()) {
-        let _ = Command::new("losetup").args(["-d", dev]).status();
     }
 }
 

@@ -117,6 +117,16 @@ pub fn require_fault_injection() {
     );
 }
 
+/// What a reboot does after a run cut while it had a disk image's partitions attached: the
+/// dead run's mounts and loop devices over `disk` are gone.
+pub fn reboot(disk: &Path) {
+    let loops = run_ok("losetup", &["-j", disk.to_str().unwrap()]);
+    for dev in loops.lines().filter_map(|l| l.split(':').next()) {
+        let _ = Command::new("umount").arg(dev).status();
+        let _ = Command::new("losetup").args(["-d", dev]).status();
+    }
+}
+
 /// Runs a tool that must succeed and returns its stdout.
 pub fn run_ok(tool: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&run_bytes(tool, args)).into_owned()
