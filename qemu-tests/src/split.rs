@@ -281,3 +281,103 @@ fn range(offset: u64, len: u64) -> Placed {
         last_lba: (offset + len) / 512 - 1,
     }
 }
+
+/// The initramfs Debian's `mkinitramfs` makes with abup's initramfs-tools hook and
+/// local-premount script (`updater/dist/initramfs/initramfs-tools`), for the kernel the
+/// guests boot, at `out`. mkinitramfs reads the kernel's modules from
+/// `/lib/modules/<version>` and its configuration from `/boot`: the Debian package
+/// qemu-tests unpacked is put there for the run (a bind mount, a copy), as installing it
+/// would, and taken away after. abup, its script and the board's configuration come from
+/// the paths the hook takes from `ABUP_BIN`, `ABUP_SHARE` and `ABUP_ETC`.
+pub fn debian_initramfs(config: &Path, out: &Path) -> Result<()> {
+    let kernel = artifacts::kernel(Arch::X86_64)?;
+    let version = kernel
+        .modules
+        .file_name()
+        .context("the kernel's modules directory has no release name")?
+        .to_string_lossy()
+        .into_owned();
+    let modules = Path::new("/lib/modules").join(&version);
+    fs::create_dir_all(&modules)?;
+    run(Command::new("mount")
+        .arg("--bind")
+        .arg(&kernel.modules)
+        .arg(&modules))?;
+    let boot_config = Path::new("/boot").join(format!("config-{version}"));
+    let made = (|| -> Result<()> {
+        run(Command::new("depmod").args(["-a", &version]))?;
+        let unpacked = kernel
+            .image
+            .parent()
+            .context("the kernel image has no directory")?;
+        fs::create_dir_all("/boot")?;
+        fs::copy(unpacked.join(format!("config-{version}")), &boot_config)?;
+        let work = tempfile::tempdir()?;
+        let w = work.path();
+        let conf = w.join("conf");
+        run(Command::new("cp")
+            .arg("-r")
+            .arg("/etc/initramfs-tools")
+            .arg(&conf))?;
+        // Only the modules hooks ask for (vfat): the kernel has NVMe and ext4 built in.
+        let settings = fs::read_to_string(conf.join("initramfs.conf"))?;
+        let settings: String = settings
+            .lines()
+            .map(|l| {
+                if l.starts_with("MODULES=") {
+                    "MODULES=list"
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        fs::write(conf.join("initramfs.conf"), settings + "\n")?;
+        let dist = artifacts::workspace().join("updater/dist/initramfs");
+        for (from, to) in [
+            (
+                "initramfs-tools/hooks/abup-split-root",
+                "hooks/abup-split-root",
+            ),
+            (
+                "initramfs-tools/scripts/local-premount/abup-split-root",
+                "scripts/local-premount/abup-split-root",
+            ),
+        ] {
+            fs::create_dir_all(conf.join(to).parent().context("no parent")?)?;
+            run(Command::new("cp")
+                .arg("-p")
+                .arg(dist.join(from))
+                .arg(conf.join(to)))?;
+        }
+        let (share, etc) = (w.join("share"), w.join("etc"));
+        fs::create_dir_all(&share)?;
+        fs::create_dir_all(&etc)?;
+        fs::copy(dist.join("abup-split-root"), share.join("abup-split-root"))?;
+        fs::copy(config.join("board.toml"), etc.join("board.toml"))?;
+        fs::copy(config.join("split-root.conf"), etc.join("split-root.conf"))?;
+        let abup = w.join("abup");
+        run(Command::new("objcopy")
+            .arg("--strip-all")
+            .arg(artifacts::abup()?)
+            .arg(&abup))?;
+        run(Command::new("mkinitramfs")
+            .arg("-d")
+            .arg(&conf)
+            .arg("-o")
+            .arg(out)
+            .arg(&version)
+            .env("ABUP_BIN", &abup)
+            .env("ABUP_SHARE", &share)
+            .env("ABUP_ETC", &etc))
+    })();
+    let _ = fs::remove_file(&boot_config);
+    run(Command::new("umount").arg(&modules))?;
+    let _ = fs::remove_dir(&modules);
+    made
+}
+
+/// Replaces `path` on the ESP of `disk` with `src`.
+pub fn put_on_esp(disk: &Path, src: &Path, path: &str) -> Result<()> {
+    crate::image::fat_put(disk, range(ESP_START, ESP_MIB * MIB), src, path)
+}

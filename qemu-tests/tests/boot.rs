@@ -451,8 +451,17 @@ fn grub_uefi_split() -> Result<()> {
         );
     }
 
+    // The uncut split runs in the initramfs Debian's mkinitramfs makes with abup's
+    // initramfs-tools hook, in place of the busybox one.
     dev.restore_disk()?;
+    let debian = dev.disk.with_file_name("initrd-debian.img");
+    split::debian_initramfs(&board.config_dir(), &debian)?;
+    split::put_on_esp(&dev.disk, &debian, "/initrd.img")?;
     let mut boot = dev.boot()?;
+    ensure!(
+        boot.slot == "A" && boot.version == "1.0",
+        "first boot with Debian's initramfs: {boot:?}"
+    );
     let (out, code) = dev.abup(
         &mut boot,
         &format!("install --progress none {}", split::BUNDLE_V2),

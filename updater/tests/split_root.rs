@@ -688,9 +688,8 @@ fn a_plan_or_marker_that_fat_lost_is_recovered() {
 }
 
 /// The initramfs scripts abup ships parse as POSIX sh (dash, Debian's /bin/sh, which is
-/// stricter than busybox's ash). The busybox ones also run in the QEMU split scenario; the
-/// initramfs-tools hook and local-premount script are not run by any test (that needs
-/// mkinitramfs and a kernel's modules installed on the machine).
+/// stricter than busybox's ash), and are executable. All of them also run in the QEMU split
+/// scenario (qemu-tests), in a busybox initramfs and in one Debian's mkinitramfs builds.
 #[test]
 fn the_shipped_initramfs_scripts_parse_as_posix_sh() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/initramfs");
