@@ -6,15 +6,20 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 const EXIT_CODES: &str = "\
-Exit status:
+Exit status (docs/exit-status.md):
   0  success
   1  the operation failed; the message says what was left unchanged
   2  the command line is wrong
   3  `env get`: the variable is not set
-  4  refused before anything was written: the bundle (signature, board, security
-     version, size; or `bundle verify` found it damaged), a disk `provision` will not
-     overwrite or a board file it lacks, a root `split-root` cannot split
-  5  another install is running";
+  4  the bundle is refused or damaged, and trying it again will not help (signature,
+     board, security version, size, a chunk that does not match its hash; `install`
+     and `bundle verify` alike); a disk `provision` will not overwrite or a board file
+     it lacks, a root `split-root` cannot split
+  5  another install is running: try again later
+  6  the bundle's source is unavailable after abup's retries (network, HTTP 5xx, a
+     timeout): the same command later resumes
+  7  a pre- or post-install hook failed; the new slot was not activated
+  8  the running slot is not confirmed: run `abup mark-good` once it works";
 
 #[derive(Debug, Parser)]
 #[command(

@@ -60,6 +60,12 @@ pub fn server_text(text: &str) -> String {
     out
 }
 
+/// A source that failed for a reason that may pass (the network, an HTTP 5xx answer, a
+/// timeout), after abup's own retries: exit status 6, so an agent knows to try again later.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
 /// An error from the network, its text sanitised by [`server_text`].
 fn server_error(text: &str) -> io::Error {
     io::Error::other(server_text(text))
@@ -70,7 +76,12 @@ fn server_error(text: &str) -> io::Error {
 fn http_error(e: ureq::Error) -> io::Error {
     match e {
         ureq::Error::Status(code, r) => {
-            server_error(&format!("the server answered {code} {}", r.status_text()))
+            let text = server_text(&format!("the server answered {code} {}", r.status_text()));
+            if code >= 500 {
+                io::Error::other(Unavailable(text))
+            } else {
+                io::Error::other(text)
+            }
         }
         ureq::Error::Transport(t) => {
             let mut text = t.kind().to_string();
@@ -80,7 +91,7 @@ fn http_error(e: ureq::Error) -> io::Error {
             if let Some(source) = std::error::Error::source(&t) {
                 text = format!("{text}: {source}");
             }
-            server_error(&text)
+            io::Error::other(Unavailable(server_text(&text)))
         }
     }
 }
@@ -181,6 +192,16 @@ impl BundleReader {
     /// Bytes read (or skipped) from the start of the bundle.
     pub fn position(&self) -> u64 {
         self.pos
+    }
+
+    /// The bundle's length when the source tells it: a file's size, an HTTP server's
+    /// Content-Length; standard input never does.
+    pub fn total_len(&self) -> Option<u64> {
+        match &self.inner {
+            Inner::File(f) => f.metadata().ok().map(|m| m.len()),
+            Inner::Stdin(_) => None,
+            Inner::Http(h) => h.len,
+        }
     }
 
     /// Moves forward to `offset`, without reading what lies between when the source allows.

@@ -136,7 +136,7 @@ fn a_slot_changed_after_a_failed_hook_is_checked_again() {
     let b = f.bundle("b.abup", &image_v2(), "2.0", 1);
     std::fs::write(&flag, "").unwrap();
     let out = f.abup(&["install", b.to_str().unwrap()]);
-    assert_eq!(out.code, Some(1), "{}", out.stderr_text());
+    assert_eq!(out.code, Some(7), "{}", out.stderr_text());
     assert!(out.stderr_text().contains("post-install hook"));
     let journal = std::fs::read_to_string(f.state.join("install.json")).unwrap();
     assert!(journal.contains("activate"), "{journal}");
@@ -414,7 +414,8 @@ fn a_failed_download_records_no_credentials() {
     let (f, _) = device();
     let url = "http://agent:s3cret-pw@127.0.0.1:9/bundle?token=s3cret-tok";
     let out = f.abup(&["install", "--retries", "0", url]);
-    assert_eq!(out.code, Some(1), "{}", out.stderr_text());
+    // Nothing listens on port 9: a network failure, worth trying again later.
+    assert_eq!(out.code, Some(6), "{}", out.stderr_text());
     let status = f.abup(&["status", "--json"]).stdout_text();
     assert!(status.contains("***@127.0.0.1:9/bundle?***"), "{status}");
     assert!(!status.contains("s3cret"), "{status}");

@@ -74,8 +74,11 @@ fn help_documents_exit_statuses_and_bad_arguments_exit_two() {
     for status in [
         "0  success",
         "3  `env get`",
-        "4  refused before anything was written",
+        "4  the bundle is refused or damaged",
         "5  another install",
+        "6  the bundle's source is unavailable",
+        "7  a pre- or post-install hook failed",
+        "8  the running slot is not confirmed",
     ] {
         assert!(out.stdout_text().contains(status), "{status}");
     }

@@ -211,7 +211,7 @@ fn hooks_see_the_target_and_can_stop_activation() {
     let b = f.bundle("b.abup", &image(600_000, 8), "2.0", 0);
     let env = f.env();
     let out = f.abup(&["install", b.to_str().unwrap()]);
-    assert_eq!(out.code, Some(1));
+    assert_eq!(out.code, Some(7));
     assert!(
         out.stderr_text().contains("pre-install hook"),
         "{}",
@@ -294,7 +294,7 @@ fn an_unconfirmed_running_slot_must_confirm_first() {
     f.boot("B");
     let b2 = f.bundle("b2.abup", &image(100_000, 11), "3.0", 0);
     let out = f.abup(&["install", b2.to_str().unwrap()]);
-    assert_eq!(out.code, Some(1));
+    assert_eq!(out.code, Some(8));
     assert!(
         out.stderr_text().contains("not confirmed"),
         "{}",

@@ -326,6 +326,35 @@ pub enum Error {
     Zstd { message: String },
 }
 
+impl Error {
+    /// Whether the error is the bundle's own fault (its bytes, signature or contents), so that
+    /// trying the same bundle again cannot help: the rest are I/O on this machine, its keyring,
+    /// or the arguments of `bundle create`.
+    pub fn is_bundle_fault(&self) -> bool {
+        !matches!(
+            self,
+            Error::Read { .. }
+                | Error::BaseRead { .. }
+                | Error::TargetRead { .. }
+                | Error::EmptyKeyring
+                | Error::KeyPem { .. }
+                | Error::KeyFile { .. }
+                | Error::Keyring { .. }
+                | Error::KeyringTooLarge { .. }
+                | Error::KeyringWritable { .. }
+                | Error::KeyFileNotRegular { .. }
+                | Error::KeyFileWritable { .. }
+                | Error::KeyFileTooLarge { .. }
+                | Error::SecretKeyInKeyring { .. }
+                | Error::Level { .. }
+                | Error::ImageRead { .. }
+                | Error::Write { .. }
+                | Error::Scratch { .. }
+                | Error::Zstd { .. }
+        )
+    }
+}
+
 /// The result of everything in this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -51,10 +51,11 @@ pub fn run(which: &str, hook: &Path, env: &HookEnv) -> Result<()> {
         .status()
         .with_context(|| format!("running the {which} hook {}", hook.display()))?;
     if !status.success() {
-        bail!(
+        return Err(super::HookFailed(format!(
             "the {which} hook {} failed ({status}); the new slot was not activated",
             hook.display()
-        );
+        ))
+        .into());
     }
     Ok(())
 }

@@ -72,6 +72,17 @@ pub struct Options {
 #[error("{0}")]
 pub struct Refused(pub String);
 
+/// A pre- or post-install hook that failed: exit status 7.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HookFailed(pub String);
+
+/// The running slot is not confirmed, so installing over the other slot could lose the only
+/// good system: exit status 8, so an agent knows to wait for (or run) `abup mark-good`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotConfirmed(pub String);
+
 fn refuse(msg: String) -> anyhow::Error {
     Refused(msg).into()
 }

@@ -179,8 +179,11 @@ pub fn write_payload(
                 // Nothing may follow the payload: such a bundle was not made by abup bundle
                 // create, and its surplus is reported in place of the last chunk.
                 let r = r.and_then(|buf| {
-                    if seq + 1 == work.len() && reader.read(&mut [0u8; 1])? > 0 {
-                        anyhow::bail!("the bundle has bytes after its payload; it is damaged");
+                    if seq + 1 == work.len() {
+                        let offset = reader.position();
+                        if reader.read(&mut [0u8; 1])? > 0 {
+                            return Err(bundle::Error::TrailingData { offset }.into());
+                        }
                     }
                     Ok(buf)
                 });

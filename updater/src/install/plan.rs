@@ -12,7 +12,7 @@ use super::hooks::HookEnv;
 use super::progress::Progress;
 use super::sources::{Fallback, Sources};
 use super::target::{self, Device};
-use super::{hex, refuse, Options};
+use super::{hex, refuse, NotConfirmed, Options};
 use crate::board::Board;
 use crate::booted;
 use crate::bootenv::{Environment, Location};
@@ -121,11 +121,12 @@ pub fn plan(
     let current = slotstate::read(board, &env)?.state;
     drop(env);
     if !current.status(booted).confirmed {
-        bail!(
+        return Err(NotConfirmed(format!(
             "the running slot {} is not confirmed; run `abup mark-good` once it works (an \
              update from an unconfirmed slot could lose the only good system)",
             board.slots.name(booted)
-        );
+        ))
+        .into());
     }
 
     let busy: Vec<&Path> = board.classes[booted.0]
