@@ -94,7 +94,7 @@ fn device(root: Root) -> Option<Device> {
         std::fs::create_dir(&mnt).unwrap();
         run_ok("mount", &[dev.0.as_str(), mnt.to_str().unwrap()]);
         fill(&mnt, root);
-        run_ok("umount", &[mnt.to_str().unwrap()]);
+        common::umount(&mnt);
     }
     drop(dev);
     let board = t.path("board.toml");
@@ -252,7 +252,7 @@ fn tree_hash(disk: &Path, offset: u64, len: u64) -> String {
             );
         }
     }
-    run_ok("umount", &[m]);
+    common::umount(Path::new(m));
     assert!(entries.len() > 70, "only {} entries", entries.len());
     format!("{:x}", h.finalize())
 }

@@ -127,6 +127,22 @@ pub fn reboot(disk: &Path) {
     }
 }
 
+/// Unmounts `dir`, which must succeed. "Target is busy" is retried for a few seconds: a process
+/// that another test thread forks while this one has a file open there holds a copy of that
+/// descriptor until it execs, which a loaded machine can delay past the unmount.
+pub fn umount(dir: &Path) {
+    for _ in 0..50 {
+        let out = Command::new("umount").arg(dir).output().unwrap();
+        if out.status.success() {
+            return;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("busy"), "umount {}: {err}", dir.display());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("umount {}: still busy after 5 s", dir.display());
+}
+
 /// Runs a tool that must succeed and returns its stdout.
 pub fn run_ok(tool: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&run_bytes(tool, args)).into_owned()
