@@ -228,7 +228,12 @@ pub enum Command {
         file describes, under the same lock as fw_setenv; a redundant environment is written \
         to the copy that is not current.\n\n\
         A write to an environment that cannot be read fails and changes nothing: abup never \
-        replaces a damaged environment with defaults. Use `create` to make a new one.")]
+        replaces a damaged environment with defaults. Use `create` to make a new one. The one \
+        exception is the one grub-editenv makes: `set` or `unset` on a single --grub FILE that \
+        does not exist creates it (1024 bytes, holding the variables set), byte for byte as \
+        `grub-editenv FILE set` does. `get` and `list` never create a file, nor does anything \
+        on a pair of --grub files or the board's own environment: they fail with a message \
+        naming `create`.")]
     Env(EnvArgs),
 }
 
@@ -302,8 +307,25 @@ pub struct SlotArg {
 
 #[derive(Debug, Args)]
 pub struct EnvArgs {
+    #[command(flatten)]
+    pub files: EnvFiles,
+
+    #[command(subcommand)]
+    pub op: EnvOp,
+}
+
+/// Which environment `abup env` works on. Each operation accepts the same options, so they
+/// may come before or after it (`abup env --grub FILE set K=V`, `abup env set --grub FILE
+/// K=V`); the two places are taken together.
+#[derive(Debug, Clone, Default, Args)]
+pub struct EnvFiles {
     /// A GRUB environment block; give it twice for abup's pair of blocks (copy 0, copy 1).
-    #[arg(long, value_name = "FILE", conflicts_with = "uboot_config", action = clap::ArgAction::Append)]
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "uboot_config",
+        action = clap::ArgAction::Append
+    )]
     pub grub: Vec<PathBuf>,
 
     /// A fw_env.config or libubootenv YAML file describing a U-Boot environment.
@@ -311,12 +333,43 @@ pub struct EnvArgs {
     pub uboot_config: Option<PathBuf>,
 
     /// The lock file shared with fw_printenv/fw_setenv (default: the one the configuration
-    /// names, else /var/lock/fw_printenv.lock).
-    #[arg(long, value_name = "FILE", requires = "uboot_config")]
+    /// names, else /var/lock/fw_printenv.lock). Only with --uboot-config.
+    #[arg(long, value_name = "FILE")]
     pub lock_file: Option<PathBuf>,
+}
 
-    #[command(subcommand)]
-    pub op: EnvOp,
+/// A command line that clap accepts but that says contradictory things (`env` options before
+/// and after the operation that do not fit together): exit status 2, as for clap's own errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
+impl EnvArgs {
+    /// The environment options given before and after the operation, together.
+    pub fn files(&self) -> Result<EnvFiles, Usage> {
+        let (before, after) = (&self.files, self.op.files());
+        let once = |a: &Option<PathBuf>, b: &Option<PathBuf>, name: &str| match (a, b) {
+            (Some(_), Some(_)) => Err(Usage(format!("give --{name} once"))),
+            _ => Ok(a.clone().or_else(|| b.clone())),
+        };
+        let files = EnvFiles {
+            grub: before.grub.iter().chain(&after.grub).cloned().collect(),
+            uboot_config: once(&before.uboot_config, &after.uboot_config, "uboot-config")?,
+            lock_file: once(&before.lock_file, &after.lock_file, "lock-file")?,
+        };
+        match (&files.grub[..], &files.uboot_config, &files.lock_file) {
+            ([_, _, _, ..], _, _) => Err(Usage(
+                "give --grub once (one block) or twice (a pair of blocks)".to_owned(),
+            )),
+            ([_, ..], Some(_), _) => {
+                Err(Usage("give --grub or --uboot-config, not both".to_owned()))
+            }
+            (_, None, Some(_)) => Err(Usage(
+                "--lock-file is for a U-Boot environment: give --uboot-config too".to_owned(),
+            )),
+            _ => Ok(files),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -325,19 +378,28 @@ pub enum EnvOp {
     Get {
         #[arg(value_name = "NAME")]
         name: String,
+        #[command(flatten)]
+        files: EnvFiles,
     },
     /// Set variables, all in one update; an empty value removes a U-Boot variable.
     Set {
         #[arg(value_name = "NAME=VALUE", required = true)]
         assignments: Vec<String>,
+        #[command(flatten)]
+        files: EnvFiles,
     },
     /// Remove variables, all in one update; absent names are not an error.
     Unset {
         #[arg(value_name = "NAME", required = true)]
         names: Vec<String>,
+        #[command(flatten)]
+        files: EnvFiles,
     },
     /// Print every variable as NAME=VALUE, one per line.
-    List,
+    List {
+        #[command(flatten)]
+        files: EnvFiles,
+    },
     /// Write a new environment holding only the given variables.
     #[command(
         long_about = "Write a new environment holding only the given variables.\n\n\
@@ -355,7 +417,22 @@ pub enum EnvOp {
         force: bool,
         #[arg(value_name = "NAME=VALUE")]
         assignments: Vec<String>,
+        #[command(flatten)]
+        files: EnvFiles,
     },
+}
+
+impl EnvOp {
+    /// The environment options given after the operation.
+    pub fn files(&self) -> &EnvFiles {
+        match self {
+            EnvOp::Get { files, .. }
+            | EnvOp::Set { files, .. }
+            | EnvOp::Unset { files, .. }
+            | EnvOp::List { files }
+            | EnvOp::Create { files, .. } => files,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
