@@ -80,8 +80,11 @@ pub enum Command {
         tries run out without a mark-good is abandoned for the next slot in the boot order. \
         It also raises the security floor to the security version of the slot's bundle: slots \
         holding older bundles lose their tries in the same environment update, and installs \
-        below the floor are refused. Refused for a slot below the floor and for the slot an \
-        unfinished install is writing. One environment update."
+        below the floor are refused. Refused for a slot below the floor, for the slot an \
+        unfinished install is writing, and for a slot other than the booted one that holds no \
+        bundle abup installed (slot B of a new device, a slot whose install failed): it could \
+        hold anything. The booted slot can always be confirmed, whatever put it there. One \
+        environment update."
     )]
     MarkGood(SlotArg),
 

@@ -101,6 +101,9 @@ fn mark(board: &Board, how: Mark, slot_arg: &str) -> Result<Outcome> {
     if !matches!(how, Mark::Bad) {
         if let Some(state) = &state {
             refuse_install_target(state, name)?;
+            if let Mark::Good = how {
+                refuse_unknown_slot(board, state, slot, name)?;
+            }
         }
         floor = Some(FloorChange::plan(board, state.as_ref(), &env, slot, how)?);
     }
@@ -160,6 +163,30 @@ fn refuse_install_target(state: &StateDir, name: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A slot that is not running and holds no bundle abup recorded may hold anything, or nothing
+/// (slot B of a new device; a slot whose install failed): confirmed, it would become the
+/// fallback of last resort. The booted slot is always confirmed (a factory image, a system
+/// from before abup: that it runs is what confirming asserts), so the boot-success service
+/// works from the first boot.
+fn refuse_unknown_slot(board: &Board, state: &StateDir, slot: SlotId, name: &str) -> Result<()> {
+    if state.slots()?.contains_key(name) {
+        return Ok(());
+    }
+    let booted = cmdline().and_then(|c| Ok(booted::detect(board, &c)?.0));
+    if booted.as_ref().ok() == Some(&slot) {
+        return Ok(());
+    }
+    bail!(
+        "slot {name} holds no bundle abup installed{}, so abup will not make it the fallback of \
+         last resort; install a bundle into it, or boot it and confirm it there with \
+         `abup mark-good`",
+        match booted {
+            Ok(_) => " and is not the booted slot".to_owned(),
+            Err(e) => format!(" and the booted slot is unknown ({e:#})"),
+        }
+    )
 }
 
 /// What marking a slot good or active does to the security floor.
