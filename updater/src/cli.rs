@@ -61,7 +61,10 @@ pub enum Command {
     /// Show the booted slot and the state of every slot.
     #[command(long_about = "Show the booted slot and the state of every slot.\n\n\
         The booted slot comes from abup.slot= on the kernel command line (the board's boot \
-        script sets it), else from root=, else from the device mounted at /. For every slot: \
+        script sets it), else from root=, else from the device mounted at /. Every command \
+        that needs the booted slot reads the command line from /proc/cmdline, or from the \
+        file the environment variable ABUP_PROC_CMDLINE names: for an initramfs or chroot \
+        whose /proc is not the target system's, and for tests. For every slot: \
         its place in the boot order, the tries the bootloader will still make, whether it is \
         good (the bootloader may boot it) and confirmed (the fallback of last resort). Also \
         the slot the next boot will start.")]
