@@ -234,12 +234,14 @@ pub enum Command {
         file describes, under the same lock as fw_setenv; a redundant environment is written \
         to the copy that is not current.\n\n\
         A write to an environment that cannot be read fails and changes nothing: abup never \
-        replaces a damaged environment with defaults. Use `create` to make a new one. The one \
-        exception is the one grub-editenv makes: `set` or `unset` on a single --grub FILE that \
-        does not exist creates it (1024 bytes, holding the variables set), byte for byte as \
+        replaces a damaged environment with defaults. Use `create` to make a new one. One \
+        exception, as in grub-editenv: `set` or `unset` on a single --grub FILE that does not \
+        exist creates it (1024 bytes, holding the variables set), byte for byte as \
         `grub-editenv FILE set` does. `get` and `list` never create a file, nor does anything \
         on a pair of --grub files or the board's own environment: they fail with a message \
-        naming `create`.")]
+        naming `create`.\n\n\
+        --grub, --uboot-config and --lock-file may come before or after the operation \
+        (`abup env --grub FILE set K=V` or `abup env set --grub FILE K=V`).")]
     Env(EnvArgs),
 }
 
