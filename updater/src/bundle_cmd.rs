@@ -172,7 +172,12 @@ fn create(args: CreateArgs) -> Result<Outcome> {
     };
     let mut scratch = tempfile::tempfile_in(&dir)
         .with_context(|| format!("creating a scratch file in {}", dir.display()))?;
-    let mut out = tempfile::NamedTempFile::new_in(&dir)
+    // A bundle is public (signed, not secret) and usually served by a web server running as
+    // another user: it gets the mode any new file gets, 0666 less the umask, not the 0600 of a
+    // temporary file.
+    let mut out = tempfile::Builder::new()
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .tempfile_in(&dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     let manifest = {
         let mut w = std::io::BufWriter::new(out.as_file_mut());

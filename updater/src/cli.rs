@@ -61,7 +61,10 @@ pub enum Command {
     /// Show the booted slot and the state of every slot.
     #[command(long_about = "Show the booted slot and the state of every slot.\n\n\
         The booted slot comes from abup.slot= on the kernel command line (the board's boot \
-        script sets it), else from root=, else from the device mounted at /. For every slot: \
+        script sets it), else from root=, else from the device mounted at /. Every command \
+        that needs the booted slot reads the command line from /proc/cmdline, or from the \
+        file the environment variable ABUP_PROC_CMDLINE names: for an initramfs or chroot \
+        whose /proc is not the target system's, and for tests. For every slot: \
         its place in the boot order, the tries the bootloader will still make, whether it is \
         good (the bootloader may boot it) and confirmed (the fallback of last resort). Also \
         the slot the next boot will start.")]
@@ -80,8 +83,11 @@ pub enum Command {
         tries run out without a mark-good is abandoned for the next slot in the boot order. \
         It also raises the security floor to the security version of the slot's bundle: slots \
         holding older bundles lose their tries in the same environment update, and installs \
-        below the floor are refused. Refused for a slot below the floor and for the slot an \
-        unfinished install is writing. One environment update."
+        below the floor are refused. Refused for a slot below the floor, for the slot an \
+        unfinished install is writing, and for a slot other than the booted one that holds no \
+        bundle abup installed (slot B of a new device, a slot whose install failed): it could \
+        hold anything. The booted slot can always be confirmed, whatever put it there. One \
+        environment update."
     )]
     MarkGood(SlotArg),
 
@@ -228,7 +234,14 @@ pub enum Command {
         file describes, under the same lock as fw_setenv; a redundant environment is written \
         to the copy that is not current.\n\n\
         A write to an environment that cannot be read fails and changes nothing: abup never \
-        replaces a damaged environment with defaults. Use `create` to make a new one.")]
+        replaces a damaged environment with defaults. Use `create` to make a new one. One \
+        exception, as in grub-editenv: `set` or `unset` on a single --grub FILE that does not \
+        exist creates it (1024 bytes, holding the variables set), byte for byte as \
+        `grub-editenv FILE set` does. `get` and `list` never create a file, nor does anything \
+        on a pair of --grub files or the board's own environment: they fail with a message \
+        naming `create`.\n\n\
+        --grub, --uboot-config and --lock-file may come before or after the operation \
+        (`abup env --grub FILE set K=V` or `abup env set --grub FILE K=V`).")]
     Env(EnvArgs),
 }
 
@@ -302,8 +315,25 @@ pub struct SlotArg {
 
 #[derive(Debug, Args)]
 pub struct EnvArgs {
+    #[command(flatten)]
+    pub files: EnvFiles,
+
+    #[command(subcommand)]
+    pub op: EnvOp,
+}
+
+/// Which environment `abup env` works on. Each operation accepts the same options, so they
+/// may come before or after it (`abup env --grub FILE set K=V`, `abup env set --grub FILE
+/// K=V`); the two places are taken together.
+#[derive(Debug, Clone, Default, Args)]
+pub struct EnvFiles {
     /// A GRUB environment block; give it twice for abup's pair of blocks (copy 0, copy 1).
-    #[arg(long, value_name = "FILE", conflicts_with = "uboot_config", action = clap::ArgAction::Append)]
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "uboot_config",
+        action = clap::ArgAction::Append
+    )]
     pub grub: Vec<PathBuf>,
 
     /// A fw_env.config or libubootenv YAML file describing a U-Boot environment.
@@ -311,12 +341,43 @@ pub struct EnvArgs {
     pub uboot_config: Option<PathBuf>,
 
     /// The lock file shared with fw_printenv/fw_setenv (default: the one the configuration
-    /// names, else /var/lock/fw_printenv.lock).
-    #[arg(long, value_name = "FILE", requires = "uboot_config")]
+    /// names, else /var/lock/fw_printenv.lock). Only with --uboot-config.
+    #[arg(long, value_name = "FILE")]
     pub lock_file: Option<PathBuf>,
+}
 
-    #[command(subcommand)]
-    pub op: EnvOp,
+/// A command line that clap accepts but that says contradictory things (`env` options before
+/// and after the operation that do not fit together): exit status 2, as for clap's own errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
+impl EnvArgs {
+    /// The environment options given before and after the operation, together.
+    pub fn files(&self) -> Result<EnvFiles, Usage> {
+        let (before, after) = (&self.files, self.op.files());
+        let once = |a: &Option<PathBuf>, b: &Option<PathBuf>, name: &str| match (a, b) {
+            (Some(_), Some(_)) => Err(Usage(format!("give --{name} once"))),
+            _ => Ok(a.clone().or_else(|| b.clone())),
+        };
+        let files = EnvFiles {
+            grub: before.grub.iter().chain(&after.grub).cloned().collect(),
+            uboot_config: once(&before.uboot_config, &after.uboot_config, "uboot-config")?,
+            lock_file: once(&before.lock_file, &after.lock_file, "lock-file")?,
+        };
+        match (&files.grub[..], &files.uboot_config, &files.lock_file) {
+            ([_, _, _, ..], _, _) => Err(Usage(
+                "give --grub once (one block) or twice (a pair of blocks)".to_owned(),
+            )),
+            ([_, ..], Some(_), _) => {
+                Err(Usage("give --grub or --uboot-config, not both".to_owned()))
+            }
+            (_, None, Some(_)) => Err(Usage(
+                "--lock-file is for a U-Boot environment: give --uboot-config too".to_owned(),
+            )),
+            _ => Ok(files),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -325,19 +386,28 @@ pub enum EnvOp {
     Get {
         #[arg(value_name = "NAME")]
         name: String,
+        #[command(flatten)]
+        files: EnvFiles,
     },
     /// Set variables, all in one update; an empty value removes a U-Boot variable.
     Set {
         #[arg(value_name = "NAME=VALUE", required = true)]
         assignments: Vec<String>,
+        #[command(flatten)]
+        files: EnvFiles,
     },
     /// Remove variables, all in one update; absent names are not an error.
     Unset {
         #[arg(value_name = "NAME", required = true)]
         names: Vec<String>,
+        #[command(flatten)]
+        files: EnvFiles,
     },
     /// Print every variable as NAME=VALUE, one per line.
-    List,
+    List {
+        #[command(flatten)]
+        files: EnvFiles,
+    },
     /// Write a new environment holding only the given variables.
     #[command(
         long_about = "Write a new environment holding only the given variables.\n\n\
@@ -355,7 +425,22 @@ pub enum EnvOp {
         force: bool,
         #[arg(value_name = "NAME=VALUE")]
         assignments: Vec<String>,
+        #[command(flatten)]
+        files: EnvFiles,
     },
+}
+
+impl EnvOp {
+    /// The environment options given after the operation.
+    pub fn files(&self) -> &EnvFiles {
+        match self {
+            EnvOp::Get { files, .. }
+            | EnvOp::Set { files, .. }
+            | EnvOp::Unset { files, .. }
+            | EnvOp::List { files }
+            | EnvOp::Create { files, .. } => files,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::board::Board;
 use crate::booted::{self, Method};
 use crate::bootenv::{Assignment, Environment, Location};
-use crate::cli::{Cli, Command, EnvArgs, EnvOp, GenerateOp, InstallArgs};
+use crate::cli::{Cli, Command, EnvArgs, EnvFiles, EnvOp, GenerateOp, InstallArgs};
 use crate::slotstate;
 use crate::source::{Retry, Source};
 use crate::state::floor::{self, Floor};
@@ -101,6 +101,9 @@ fn mark(board: &Board, how: Mark, slot_arg: &str) -> Result<Outcome> {
     if !matches!(how, Mark::Bad) {
         if let Some(state) = &state {
             refuse_install_target(state, name)?;
+            if let Mark::Good = how {
+                refuse_unknown_slot(board, state, slot, name)?;
+            }
         }
         floor = Some(FloorChange::plan(board, state.as_ref(), &env, slot, how)?);
     }
@@ -160,6 +163,30 @@ fn refuse_install_target(state: &StateDir, name: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A slot that is not running and holds no bundle abup recorded may hold anything, or nothing
+/// (slot B of a new device; a slot whose install failed): confirmed, it would become the
+/// fallback of last resort. The booted slot is always confirmed (a factory image, a system
+/// from before abup: that it runs is what confirming asserts), so the boot-success service
+/// works from the first boot.
+fn refuse_unknown_slot(board: &Board, state: &StateDir, slot: SlotId, name: &str) -> Result<()> {
+    if state.slots()?.contains_key(name) {
+        return Ok(());
+    }
+    let booted = cmdline().and_then(|c| Ok(booted::detect(board, &c)?.0));
+    if booted.as_ref().ok() == Some(&slot) {
+        return Ok(());
+    }
+    bail!(
+        "slot {name} holds no bundle abup installed{}, so abup will not make it the fallback of \
+         last resort; install a bundle into it, or boot it and confirm it there with \
+         `abup mark-good`",
+        match booted {
+            Ok(_) => " and is not the booted slot".to_owned(),
+            Err(e) => format!(" and the booted slot is unknown ({e:#})"),
+        }
+    )
 }
 
 /// What marking a slot good or active does to the security floor.
@@ -451,16 +478,16 @@ fn status(board: &Board, json: bool) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-fn env_location(config: &Path, args: &EnvArgs) -> Result<Location> {
-    match (args.grub.as_slice(), &args.uboot_config) {
-        ([], None) => Ok(Location::of_board(&load_board(config)?)),
-        ([one], None) => Ok(Location::GrubSingle(one.clone())),
-        ([a, b], None) => Ok(Location::GrubPair([a.clone(), b.clone()])),
+fn env_location(config: &Path, files: &EnvFiles) -> Result<Location> {
+    // EnvArgs::files has refused every other combination.
+    match (files.grub.as_slice(), &files.uboot_config) {
+        ([one], _) => Ok(Location::GrubSingle(one.clone())),
+        ([a, b, ..], _) => Ok(Location::GrubPair([a.clone(), b.clone()])),
         ([], Some(cfg)) => Ok(Location::UBoot {
             config: cfg.clone(),
-            lock_file: args.lock_file.clone(),
+            lock_file: files.lock_file.clone(),
         }),
-        _ => bail!("give --grub once (one block) or twice (a pair), or --uboot-config once"),
+        ([], None) => Ok(Location::of_board(&load_board(config)?)),
     }
 }
 
@@ -471,12 +498,67 @@ fn parse_assignment(a: &str) -> Result<Assignment> {
     }
 }
 
+/// Where `env` should say how to make the environment instead of failing to open it: GRUB
+/// files named with --grub that are not there (for a pair, neither copy; one missing copy is
+/// what a cut during `create` leaves, and the next write restores it). The board's own
+/// environment is never created here: a missing one is a wrong board.toml or an unmounted
+/// partition.
+fn missing_grub_files(files: &EnvFiles) -> Result<bool> {
+    let mut missing = !files.grub.is_empty();
+    for path in &files.grub {
+        missing &= !path
+            .try_exists()
+            .with_context(|| format!("looking for {}", path.display()))?;
+    }
+    Ok(missing)
+}
+
+/// Whether `env` creates the environment instead of opening it. `grub-editenv FILE set` and
+/// `unset` create a missing FILE (a blank 1024-byte block, then the change), and scripts
+/// written for it rely on that, so a write to a single --grub block that is not there creates
+/// it the same way, byte for byte. Reads create nothing, and neither does abup's pair (there
+/// are no grub-editenv scripts for it, and a pair that vanished is more likely a wrong path):
+/// both are refused with a message naming `env create`.
+fn creates_env(location: &Location, files: &EnvFiles, write: bool) -> Result<bool> {
+    if !missing_grub_files(files)? {
+        return Ok(false);
+    }
+    if write && matches!(location, Location::GrubSingle(_)) {
+        return Ok(true);
+    }
+    let names: Vec<String> = files.grub.iter().map(|p| p.display().to_string()).collect();
+    let what = if names.len() == 1 {
+        "a GRUB environment block (set and unset also create it, as grub-editenv does)"
+    } else {
+        "abup's pair of GRUB environment blocks"
+    };
+    bail!(
+        "{} does not exist; `abup env --grub {} create [NAME=VALUE...]` creates {what}",
+        names.join(" and "),
+        names.join(" --grub ")
+    )
+}
+
+fn read_env(location: &Location, files: &EnvFiles) -> Result<Environment> {
+    creates_env(location, files, false)?;
+    Environment::open(location, false)
+}
+
+/// One update of `changes` ([`creates_env`] says whether to a new block).
+fn update_env(location: &Location, files: &EnvFiles, changes: &[Assignment]) -> Result<()> {
+    if creates_env(location, files, true)? {
+        return crate::provision::create_env(location, None, false, changes);
+    }
+    Environment::open(location, true)?.update(changes)
+}
+
 fn env(config: &Path, args: EnvArgs) -> Result<Outcome> {
-    let location = env_location(config, &args)?;
-    match args.op {
-        EnvOp::Get { name } => {
-            let env = Environment::open(&location, false)?;
-            match env.get(&name)? {
+    let files = args.files()?;
+    let location = env_location(config, &files)?;
+    match &args.op {
+        EnvOp::Get { name, .. } => {
+            let env = read_env(&location, &files)?;
+            match env.get(name)? {
                 Some(v) => {
                     let mut out = std::io::stdout().lock();
                     out.write_all(&v)?;
@@ -486,8 +568,8 @@ fn env(config: &Path, args: EnvArgs) -> Result<Outcome> {
                 None => Ok(Outcome::NotSet),
             }
         }
-        EnvOp::List => {
-            let env = Environment::open(&location, false)?;
+        EnvOp::List { .. } => {
+            let env = read_env(&location, &files)?;
             let mut out = std::io::stdout().lock();
             for (k, v) in env.list()? {
                 out.write_all(&k)?;
@@ -497,29 +579,30 @@ fn env(config: &Path, args: EnvArgs) -> Result<Outcome> {
             }
             Ok(Outcome::Done)
         }
-        EnvOp::Set { assignments } => {
+        EnvOp::Set { assignments, .. } => {
             let changes = assignments
                 .iter()
                 .map(|a| parse_assignment(a))
                 .collect::<Result<Vec<_>>>()?;
-            Environment::open(&location, true)?.update(&changes)?;
+            update_env(&location, &files, &changes)?;
             Ok(Outcome::Done)
         }
-        EnvOp::Unset { names } => {
-            let changes: Vec<Assignment> = names.into_iter().map(|n| (n, None)).collect();
-            Environment::open(&location, true)?.update(&changes)?;
+        EnvOp::Unset { names, .. } => {
+            let changes: Vec<Assignment> = names.iter().map(|n| (n.clone(), None)).collect();
+            update_env(&location, &files, &changes)?;
             Ok(Outcome::Done)
         }
         EnvOp::Create {
             size,
             force,
             assignments,
+            ..
         } => {
             let vars = assignments
                 .iter()
                 .map(|a| parse_assignment(a))
                 .collect::<Result<Vec<_>>>()?;
-            crate::provision::create_env(&location, size, force, &vars)?;
+            crate::provision::create_env(&location, *size, *force, &vars)?;
             Ok(Outcome::Done)
         }
     }

@@ -6,6 +6,8 @@
 pub const OK: u8 = 0;
 /// The operation failed; the one-line message says what and what was left unchanged.
 pub const FAILED: u8 = 1;
+/// The command line is wrong (clap's own errors, and [`crate::cli::Usage`]).
+pub const USAGE: u8 = 2;
 /// `env get` of a variable that is not set.
 pub const NOT_SET: u8 = 3;
 /// The bundle is refused or damaged, and trying the same bundle again will not help: its
@@ -38,6 +40,8 @@ pub fn status(e: &anyhow::Error) -> u8 {
         .find_map(|c| {
             if c.is::<crate::source::Unavailable>() {
                 Some(UNAVAILABLE)
+            } else if c.is::<crate::cli::Usage>() {
+                Some(USAGE)
             } else if c.is::<crate::state::Busy>() {
                 Some(BUSY)
             } else if c.is::<crate::install::HookFailed>() {

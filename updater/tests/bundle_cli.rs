@@ -78,3 +78,39 @@ fn create_is_deterministic_and_info_and_verify_report() {
     assert_eq!(r.code, Some(1));
     assert!(!f.t.path("s.pem").exists(), "no stray secret key");
 }
+
+/// A bundle is there to be served: it gets the mode of any new file, 0666 less the umask, so
+/// that a web server running as another user can read it (a temporary file's 0600 would not).
+#[test]
+fn bundles_get_the_mode_the_umask_gives() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new(1 << 20, "");
+    let img = f.t.path("rootfs.img");
+    std::fs::write(&img, image(300_000, 31)).unwrap();
+    for (umask, mode) in [("022", 0o644), ("027", 0o640), ("002", 0o664)] {
+        let out = f.t.path(&format!("umask-{umask}.abup"));
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_abup"))
+            .args([
+                "bundle",
+                "create",
+                "--compatible",
+                "abup-test",
+                "--version",
+                "1",
+            ])
+            .arg("--key")
+            .arg(&f.key)
+            .arg("--image")
+            .arg(&img)
+            .arg("-o")
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let got = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+        assert_eq!(got, mode, "umask {umask}: mode {got:o}");
+    }
+}

@@ -99,6 +99,80 @@ fn grub_single_block_matches_grub_editenv_both_ways() {
     assert_eq!(listed, glisted);
 }
 
+/// `grub-editenv FILE set` on a missing FILE creates it, and scripts rely on that: abup does
+/// the same, byte for byte, and each reads what the other made. The options of `env` work
+/// after the operation too. Reads create nothing, nor does a write to a pair: both name
+/// `create`.
+#[test]
+fn grub_set_on_a_missing_file_creates_it_as_grub_editenv_does() {
+    if !have("grub-editenv") {
+        return;
+    }
+    let t = Tmp::new();
+    let p = |name: &str| t.path(name).to_str().unwrap().to_owned();
+    for step in [&["set", "a=1", "b=two words"][..], &["unset", "a"]] {
+        let (ours, theirs) = (
+            p(&format!("ours-{}", step[0])),
+            p(&format!("theirs-{}", step[0])),
+        );
+        let mut args = vec!["env", "--grub", &ours];
+        args.extend_from_slice(step);
+        abup(&args).success();
+        let mut gargs = vec![theirs.as_str()];
+        gargs.extend_from_slice(step);
+        run_ok("grub-editenv", &gargs);
+        assert_eq!(read(Path::new(&ours)), read(Path::new(&theirs)), "{step:?}");
+    }
+    // Each reads and extends what the other created.
+    let (ours, theirs) = (p("ours-set"), p("theirs-set"));
+    run_ok("grub-editenv", &[&ours, "set", "c=3"]);
+    abup(&["env", "--grub", &theirs, "set", "c=3"]).success();
+    assert_eq!(read(Path::new(&ours)), read(Path::new(&theirs)));
+    assert_eq!(
+        run_ok("grub-editenv", &[&ours, "list"]),
+        "a=1\nb=two words\nc=3\n"
+    );
+    assert_eq!(
+        abup(&["env", "--grub", &theirs, "list"]).stdout_text(),
+        "a=1\nb=two words\nc=3\n"
+    );
+
+    // --grub after the operation, for a write that creates and for a read.
+    let after = p("after");
+    abup(&["env", "set", "--grub", &after, "K=V"]).success();
+    assert_eq!(
+        abup(&["env", "get", "K", "--grub", &after]).stdout_text(),
+        "V\n"
+    );
+    run_ok("grub-editenv", &[&theirs, "set", "K=V"]);
+    run_ok("grub-editenv", &[&theirs, "unset", "a", "b", "c"]);
+    assert_eq!(read(Path::new(&after)), read(Path::new(&theirs)));
+
+    // A read of a missing block, and a write to a missing pair, create nothing.
+    let missing = p("missing");
+    for op in [&["get", "K"][..], &["list"]] {
+        let mut args = vec!["env", "--grub", &missing];
+        args.extend_from_slice(op);
+        abup(&args).assert_refused(&["does not exist", "--grub", "create"]);
+        assert!(!Path::new(&missing).exists(), "{op:?} created {missing}");
+    }
+    let (m0, m1) = (p("pair.0"), p("pair.1"));
+    let r = abup(&["env", "--grub", &m0, "set", "--grub", &m1, "K=V"]);
+    r.assert_refused(&[&format!("--grub {m0} --grub {m1} create"), "pair"]);
+    assert!(!Path::new(&m0).exists() && !Path::new(&m1).exists());
+    // Options before and after that do not fit together are a wrong command line.
+    for args in [
+        &[
+            "env", "--grub", &m0, "--grub", &m1, "list", "--grub", &after,
+        ][..],
+        &["env", "--uboot-config", &m0, "list", "--grub", &after],
+        &["env", "list", "--lock-file", &m0],
+    ] {
+        let r = abup(args);
+        assert_eq!(r.code, Some(2), "{args:?}: {}", r.stderr_text());
+    }
+}
+
 #[test]
 fn grub_write_to_invalid_environment_fails_and_changes_nothing() {
     let t = Tmp::new();
@@ -356,6 +430,12 @@ fn every_mark_writes_the_whole_state_in_order() {
             })
             .collect()
     };
+    // B boots for its mark-good: abup confirms no slot but the booted one that it never
+    // installed.
+    let boot_for = |cmd: &[&str]| {
+        let booted = if cmd[0] == "mark-good" { "B" } else { "A" };
+        std::fs::write(&cmdline, format!("abup.slot={booted}")).unwrap();
+    };
     let grub = [t.path("abupenv.0"), t.path("abupenv.1")];
     let grub: Vec<&str> = grub.iter().map(|p| p.to_str().unwrap()).collect();
     for cmd in [
@@ -364,6 +444,7 @@ fn every_mark_writes_the_whole_state_in_order() {
         ["mark-active", "B"],
         ["mark-good", "B"],
     ] {
+        boot_for(&cmd);
         // abup's writes leave copy 0 current: it is written last.
         assert_eq!(writes(&cmd, &grub), [grub[1], grub[0]], "{cmd:?}");
     }
@@ -396,6 +477,7 @@ fn every_mark_writes_the_whole_state_in_order() {
         ["mark-active", "B"],
         ["mark-good", "B"],
     ] {
+        boot_for(&cmd);
         assert_eq!(writes(&cmd, &uboot).len(), 1, "{cmd:?}");
     }
     assert!(writes(&["mark-good", "B"], &uboot).is_empty());

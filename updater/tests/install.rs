@@ -357,3 +357,46 @@ fn a_mounted_target_is_refused() {
     );
     assert_eq!(f.env(), env);
 }
+
+/// `mark-good` confirms the booted slot whatever put it there (a factory image), but no other
+/// slot abup has not installed: slot B of a new device, or a slot an install started to
+/// overwrite. A confirmed slot is the fallback of last resort.
+#[test]
+fn mark_good_of_another_slot_needs_a_bundle_abup_installed() {
+    let f = Fixture::new(SLOT, "");
+    let env = f.env();
+    for slot in ["other", "B"] {
+        f.abup(&["mark-good", slot]).assert_refused(&[
+            "slot B holds no bundle abup installed and is not the booted slot",
+            "install a bundle into it",
+        ]);
+    }
+    assert_eq!(f.env(), env, "a refused mark-good wrote the environment");
+    f.abup(&["mark-good"]).success();
+
+    let v2 = f.bundle("v2.abup", &image(1_000_000, 6), "2.0", 0);
+    f.abup(&["install", v2.to_str().unwrap()]).success();
+    // A second install into B forgets what B held before it writes a byte of it, so an
+    // install stopped before its journal exists leaves a slot mark-good refuses.
+    let v3 = f.bundle("v3.abup", &image(1_000_000, 7), "3.0", 0);
+    let writes = f.install_writes(&v3);
+    let forget = writes
+        .iter()
+        .position(|w| w.ends_with("slots.json"))
+        .unwrap();
+    assert!(
+        !writes[..forget].iter().any(|w| w.contains("slot-b")),
+        "{writes:#?}"
+    );
+    let cut = (forget + 1).to_string();
+    let out = f.abup_env(
+        &["install", v3.to_str().unwrap()],
+        &[("ABUP_CUT_AFTER_WRITES", &cut)],
+    );
+    assert_eq!(out.code, None, "the install was stopped");
+    f.abup(&["mark-good", "other"])
+        .assert_refused(&["slot B holds no bundle abup installed"]);
+    f.abup(&["install", v3.to_str().unwrap()]).success();
+    f.abup(&["mark-good", "other"]).success();
+    assert_eq!(f.slot_status("B")["confirmed"], true);
+}

@@ -223,10 +223,11 @@ fn invalidate(board: &Board, plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-/// A fresh start: each image's first block zeroed, so even an old system in the target is no
-/// longer recognisable, then the journal. A cut in between: no journal, the next run starts
-/// over.
+/// A fresh start: the target's record forgotten, each image's first block zeroed, so even an
+/// old system in the target is no longer recognisable, then the journal. A cut in between: no
+/// journal, the next run starts over.
 fn begin(state: &StateDir, plan: &Plan) -> Result<Phase> {
+    state.forget_slot(&plan.target_name)?;
     for d in &plan.devices {
         d.write_at(0, &vec![0; FIRST_BLOCK.min(d.size) as usize])?;
         d.sync()?;

@@ -103,6 +103,17 @@ impl StateDir {
         self.write_json(SLOTS, &all)
     }
 
+    /// Forgets what `slot` holds, before anything overwrites it: a slot whose install then
+    /// fails holds no recorded bundle (so `mark-good` refuses it). The records keep their
+    /// version, since this writes no floor.
+    pub fn forget_slot(&self, slot: &str) -> Result<()> {
+        let mut all = self.slot_records()?;
+        if all.slots.remove(slot).is_some() {
+            self.write_json(SLOTS, &all)?;
+        }
+        Ok(())
+    }
+
     pub fn last_install(&self) -> Result<Option<LastInstall>> {
         let last: Option<LastInstall> = self.read_json(LAST_INSTALL)?;
         if let Some(l) = &last {
