@@ -572,8 +572,8 @@ impl Device {
         aim: Aim,
         fraction: f64,
     ) -> Result<Option<Progress>> {
-        // Progress lines are JSON objects with sorted keys.
-        const START: &str = "{\"done\":";
+        // Progress lines (docs/progress-json.md) are JSON objects that start with these keys.
+        const START: &str = "{\"version\":2,\"event\":";
         boot.vm
             .send(&format!("abup install --progress json {source}"))?;
         loop {
@@ -821,7 +821,7 @@ pub enum Aim {
     /// While the slot is being written.
     Write,
     /// While the written slot is read back and hashed: the read-back follows the writing
-    /// from checkpoint to checkpoint, then finishes in the `check` phase.
+    /// from checkpoint to checkpoint, then finishes in the `read-back` phase.
     ReadBack,
 }
 
@@ -870,9 +870,10 @@ impl Progress {
         let v: Value = serde_json::from_str(line.trim()).ok()?;
         Some(Progress {
             phase: v["phase"].as_str()?.to_string(),
-            done: v["done"].as_u64()?,
-            total: v["total"].as_u64()?,
-            verified: v["verified"].as_u64()?,
+            done: v["bytes_written"].as_u64()?,
+            // Unknown (null) until the bundle's front is read.
+            total: v["write_total"].as_u64().unwrap_or(0),
+            verified: v["bytes_read_back"].as_u64()?,
         })
     }
 
@@ -881,10 +882,16 @@ impl Progress {
     fn passed(&self, aim: Aim, fraction: f64) -> bool {
         let (here, end) = match aim {
             Aim::Write if self.phase == "write" => (self.done, self.total),
-            Aim::ReadBack if matches!(self.phase.as_str(), "write" | "check") => {
+            Aim::ReadBack if matches!(self.phase.as_str(), "write" | "read-back") => {
                 (self.verified, self.total)
             }
-            _ => return self.phase != "verify",
+            // A later phase than the one aimed at: past it.
+            _ => {
+                return !matches!(
+                    self.phase.as_str(),
+                    "plan" | "base-check" | "pre-install" | "invalidate"
+                )
+            }
         };
         end > 0 && here as f64 >= fraction * end as f64
     }
@@ -896,7 +903,7 @@ impl Progress {
         match aim {
             Aim::Write => self.phase == "write" && self.done < self.total,
             Aim::ReadBack => {
-                matches!(self.phase.as_str(), "write" | "check")
+                matches!(self.phase.as_str(), "write" | "read-back")
                     && self.verified > 0
                     && self.verified < self.total
             }

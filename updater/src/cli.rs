@@ -58,20 +58,35 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Show the booted slot and the state of every slot.
-    #[command(long_about = "Show the booted slot and the state of every slot.\n\n\
+    /// Show the booted slot, the state of every slot, and a running or interrupted install.
+    #[command(
+        long_about = "Show the booted slot, the state of every slot, and a running or \
+        interrupted install.\n\n\
         The booted slot comes from abup.slot= on the kernel command line (the board's boot \
         script sets it), else from root=, else from the device mounted at /. Every command \
         that needs the booted slot reads the command line from /proc/cmdline, or from the \
         file the environment variable ABUP_PROC_CMDLINE names: for an initramfs or chroot \
         whose /proc is not the target system's, and for tests. For every slot: \
         its place in the boot order, the tries the bootloader will still make, whether it is \
-        good (the bootloader may boot it) and confirmed (the fallback of last resort). Also \
-        the slot the next boot will start.")]
+        good (the bootloader may boot it) and confirmed (the fallback of last resort), and \
+        the version of the bundle abup installed or provisioned there. Also the slot the next \
+        boot will start, whether a reboot is needed to try an activated slot, a slot that is \
+        being tried and not yet confirmed, whether the last installed slot fell back, the \
+        security floor, how the last install ended, and an install that runs (its process, \
+        phase and percentage) or was interrupted (whether the same command continues it).\n\n\
+        It answers at once during an install: it reads the bootloader environment under a \
+        shared lock that an install holds only for its two environment updates, and never \
+        waits for the install lock."
+    )]
     Status {
-        /// Print one JSON object (stable schema, with a "version" field) instead of text.
+        /// Print one JSON object (schema version 2, docs/status-json.md) instead of text.
         #[arg(long)]
         json: bool,
+        /// Also show the history kept in the state directory (the last 100 installs,
+        /// refusals, confirmations and fallbacks, oldest first); with --json, as the
+        /// "history" array.
+        #[arg(long)]
+        history: bool,
     },
 
     /// Confirm a slot: restore its tries and make it the fallback of last resort.
@@ -123,7 +138,9 @@ pub enum Command {
         activated with its tries (one environment update). Reboot to try it; its boot-success \
         service confirms it with `abup mark-good`.\n\n\
         Interrupted (network, kill -9, power cut), the same command continues from the last \
-        synced chunk, asking a web server for the rest with a Range request.\n\n\
+        synced chunk, asking a web server for the rest with a Range request. `abup status` \
+        shows the interrupted install; --abort drops it instead (the target stays out of \
+        rotation).\n\n\
         A delta bundle (built with `abup bundle create --delta-from`) installs the same way: \
         it reads the running slot (read-only, direct I/O) for the data that did not change, \
         each base range checked against its hash. If the running slot is not the base the \
@@ -135,7 +152,14 @@ pub enum Command {
         release, every base range is checked first and the chunks that cannot be rebuilt are \
         fetched from it instead (HTTP Range requests for a URL), at most --max-download \
         bytes. --dry-run reports how many bytes \
-        would come from the bundle, the base and the fallback, and writes nothing."
+        would come from the bundle, the base and the fallback, and writes nothing.\n\n\
+        For OTA agents: --progress=json prints one JSON object a line on standard output \
+        and nothing else (docs/progress-json.md): the phase, bytes downloaded and written, a \
+        percentage over the whole install and an estimate of the time left, then always a \
+        last `result` line with the exit status, the one-line message, the target slot, the \
+        bundle version and whether a reboot is needed. A reader that goes away does not stop \
+        the install. Messages go to standard error, with syslog priorities when it is the \
+        systemd journal."
     )]
     Install(InstallArgs),
 
@@ -446,8 +470,15 @@ impl EnvOp {
 #[derive(Debug, Args)]
 pub struct InstallArgs {
     /// A bundle file, - for standard input, or an http:// or https:// URL.
-    #[arg(value_name = "SOURCE")]
-    pub source: String,
+    #[arg(value_name = "SOURCE", required_unless_present = "abort")]
+    pub source: Option<String>,
+
+    /// Drop an interrupted install instead of continuing it: its journal and held-back
+    /// blocks go, so the next install starts over; the slot it was writing stays out of
+    /// rotation and nothing else changes. Exit status 5 while an install runs; nothing to
+    /// do (and status 0) when there is no interrupted install.
+    #[arg(long, conflicts_with_all = ["source", "fallback", "dry_run", "slot"])]
+    pub abort: bool,
 
     /// Directory of public keys to accept (default: the board's keyring).
     #[arg(long, value_name = "DIR")]
@@ -476,10 +507,14 @@ pub struct InstallArgs {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Progress reports: a bar on a terminal, or one JSON object a line on standard output
-    /// (`{"version":1,"phase":...,"done":...,"total":...,"verified":...}`: bytes written,
-    /// or read back in the `check` phase, of `total`; `verified`, the bytes read back so far,
-    /// which overlaps the writing) for OTA agents.
+    /// Progress reports: a bar on a terminal (auto), or for OTA agents one JSON object a
+    /// line on standard output, schema version 2 (docs/progress-json.md): `version`,
+    /// `event` ("progress", and "result" for the last line), `phase` (plan, base-check,
+    /// pre-install, invalidate, write, read-back, post-install, activate),
+    /// `bytes_downloaded`, `download_total`, `bytes_written`, `write_total`,
+    /// `bytes_read_back`, `percent` (0 to 100 over the whole install, never going back),
+    /// `eta_s`, `time`; the result adds `ok`, `exit_code`, `message`, `target`,
+    /// `bundle_version` and `reboot_required`.
     #[arg(long, value_enum, default_value_t = crate::install::ProgressMode::Auto)]
     pub progress: crate::install::ProgressMode,
 

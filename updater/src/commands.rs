@@ -6,16 +6,15 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bootcount::SlotId;
-use serde::Serialize;
 
 use crate::board::Board;
-use crate::booted::{self, Method};
+use crate::booted;
 use crate::bootenv::{Assignment, Environment, Location};
 use crate::cli::{Cli, Command, EnvArgs, EnvFiles, EnvOp, GenerateOp, InstallArgs};
 use crate::slotstate;
 use crate::source::{Retry, Source};
 use crate::state::floor::{self, Floor};
-use crate::state::records::{LastInstall, SlotBundle};
+use crate::state::history::{Entry, Event};
 use crate::state::StateDir;
 
 /// What `main` turns into an exit status.
@@ -28,12 +27,14 @@ pub enum Outcome {
 
 pub fn run(cli: Cli) -> Result<Outcome> {
     match cli.command {
-        Command::Status { json } => status(&load_board(&cli.config)?, json),
+        Command::Status { json, history } => {
+            crate::status_cmd::status(&load_board(&cli.config)?, json, history)
+        }
         Command::MarkGood(s) => mark(&load_board(&cli.config)?, Mark::Good, &s.slot),
         Command::MarkBad(s) => mark(&load_board(&cli.config)?, Mark::Bad, &s.slot),
         Command::MarkActive(s) => mark(&load_board(&cli.config)?, Mark::Active, &s.slot),
         Command::Env(args) => env(&cli.config, args),
-        Command::Install(args) => install(&load_board(&cli.config)?, args),
+        Command::Install(args) => install(&cli.config, args),
         Command::Provision(args) => provision(&cli.config, args),
         Command::SplitRoot(args) => split_root(&cli.config, args),
         Command::Keygen { secret, public } => crate::bundle_cmd::keygen(&secret, &public),
@@ -83,7 +84,81 @@ enum Mark {
     Active,
 }
 
+/// `mark-good`, `mark-bad`, `mark-active`; a `mark-good` or `mark-active` that fails is kept
+/// in the history as a refusal.
 fn mark(board: &Board, how: Mark, slot_arg: &str) -> Result<Outcome> {
+    let result = mark_slot(board, how, slot_arg);
+    if let (Mark::Good | Mark::Active, Err(e)) = (how, &result) {
+        if let Ok(Some(state)) = StateDir::existing(board) {
+            let command = match how {
+                Mark::Good => "mark-good",
+                Mark::Bad | Mark::Active => "mark-active",
+            };
+            let message = format!("{command} {slot_arg}: {}", crate::exit::message(e));
+            let mut entry = Entry::new(
+                Event::Refused,
+                false,
+                Some(crate::exit::status(e)),
+                &message,
+            );
+            entry.slot = resolve_slot(board, slot_arg)
+                .ok()
+                .map(|s| board.slots.name(s).to_owned());
+            state.record_or_warn(entry);
+        }
+    }
+    result
+}
+
+/// What `mark-good` keeps in the history: a slot confirmed for the first time (not every
+/// boot's confirmation), and a fallback from the last installed slot, once.
+fn record_confirmation(
+    board: &Board,
+    state: &StateDir,
+    new: &bootcount::State,
+    slot: SlotId,
+    was_confirmed: bool,
+) {
+    let records = state.slots().unwrap_or_default();
+    let version = |s: SlotId| records.get(board.slots.name(s)).map(|r| r.version.clone());
+    if !was_confirmed {
+        let mut entry = Entry::new(
+            Event::Confirmed,
+            true,
+            Some(crate::exit::OK),
+            &format!("slot {} confirmed", board.slots.name(slot)),
+        );
+        entry.slot = Some(board.slots.name(slot).to_owned());
+        entry.bundle_version = version(slot);
+        state.record_or_warn(entry);
+    }
+    let last = state.last_install().ok().flatten();
+    let booted = booted::detect(board, &cmdline().unwrap_or_default())
+        .ok()
+        .map(|(s, _)| s);
+    let Some(failed) = crate::status_cmd::rolled_back(board, new, last.as_ref(), booted) else {
+        return;
+    };
+    if state.fallback_recorded().unwrap_or(true) {
+        return;
+    }
+    let mut entry = Entry::new(
+        Event::Fallback,
+        false,
+        None,
+        &format!(
+            "slot {} ({}) ran out of tries without being confirmed; slot {} runs instead",
+            board.slots.name(failed),
+            version(failed).unwrap_or_else(|| "unknown version".into()),
+            board.slots.name(booted.unwrap_or(slot))
+        ),
+    );
+    entry.slot = Some(board.slots.name(failed).to_owned());
+    entry.bundle_version = version(failed);
+    state.record_or_warn(entry);
+}
+
+fn mark_slot(board: &Board, how: Mark, slot_arg: &str) -> Result<Outcome> {
     let slot = resolve_slot(board, slot_arg)?;
     let name = board.slots.name(slot);
     let verb = match how {
@@ -110,7 +185,9 @@ fn mark(board: &Board, how: Mark, slot_arg: &str) -> Result<Outcome> {
     let extra = floor
         .as_ref()
         .map_or(Vec::new(), FloorChange::env_assignment);
+    let mut was_confirmed = false;
     let (new, written) = slotstate::transition_with(board, &mut env, &extra, |state| {
+        was_confirmed = state.status(slot).confirmed;
         match how {
             Mark::Good => state.mark_good(slot),
             Mark::Bad => state.mark_bad(slot),
@@ -125,6 +202,9 @@ fn mark(board: &Board, how: Mark, slot_arg: &str) -> Result<Outcome> {
     drop(env);
     if let (Some(f), Some(state)) = (&floor, &state) {
         f.write_state(state)?;
+    }
+    if let (Mark::Good, Some(state)) = (how, &state) {
+        record_confirmation(board, state, &new, slot, was_confirmed);
     }
     if !written {
         println!("slot {name} {verb} (no change)");
@@ -324,160 +404,6 @@ fn security_floor(board: &Board, set: Option<u64>) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-/// `abup status --json`; `version` changes only when a field changes meaning or disappears.
-#[derive(Serialize)]
-struct StatusReport<'a> {
-    version: u32,
-    board: &'a str,
-    compatible: &'a str,
-    bootloader: &'static str,
-    scheme: &'static str,
-    environment: String,
-    booted: Option<&'a str>,
-    booted_from: Option<&'static str>,
-    next_boot: &'a str,
-    next_boot_is_fallback: bool,
-    last_install: Option<LastInstall>,
-    slots: Vec<SlotReport<'a>>,
-}
-
-#[derive(Serialize)]
-struct SlotReport<'a> {
-    name: &'a str,
-    device: String,
-    booted: bool,
-    priority: Option<usize>,
-    tries_left: u8,
-    good: bool,
-    confirmed: bool,
-    /// What abup installed there, if it did.
-    bundle: Option<SlotBundle>,
-}
-
-const STATUS_VERSION: u32 = 1;
-
-fn status(board: &Board, json: bool) -> Result<Outcome> {
-    let env = Environment::open(&Location::of_board(board), false)?;
-    let state = StateDir::existing(board)?;
-    let warn = |e: anyhow::Error| log::warn!("{e:#}");
-    let last_install = state
-        .as_ref()
-        .and_then(|s| s.last_install().map_err(warn).ok().flatten());
-    let records = state
-        .as_ref()
-        .and_then(|s| s.slots().map_err(warn).ok())
-        .unwrap_or_default();
-    let state = slotstate::read(board, &env)?.state;
-    let booted = match booted::detect(board, &cmdline()?) {
-        Ok(b) => Some(b),
-        Err(e) => {
-            log::warn!("{e}");
-            None
-        }
-    };
-    let next = state.next_boot();
-    let report = StatusReport {
-        version: STATUS_VERSION,
-        board: &board.name,
-        compatible: &board.compatible,
-        bootloader: board.bootloader_name(),
-        scheme: board.scheme.name(),
-        environment: env.describe(),
-        booted: booted.map(|(s, _)| board.slots.name(s)),
-        booted_from: booted.map(|(_, how): (SlotId, Method)| how.name()),
-        next_boot: board.slots.name(next.slot),
-        next_boot_is_fallback: next.fallback,
-        last_install,
-        slots: board
-            .slots
-            .ids()
-            .map(|s| {
-                let st = state.status(s);
-                SlotReport {
-                    name: board.slots.name(s),
-                    device: board.device(s).display().to_string(),
-                    booted: booted.map(|(b, _)| b) == Some(s),
-                    priority: st.priority,
-                    tries_left: st.tries_left,
-                    good: st.good,
-                    confirmed: st.confirmed,
-                    bundle: records.get(board.slots.name(s)).cloned(),
-                }
-            })
-            .collect(),
-    };
-    let mut out = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer(&mut out, &report)?;
-        writeln!(out)?;
-        return Ok(Outcome::Done);
-    }
-    writeln!(out, "board:       {} ({})", report.board, report.compatible)?;
-    writeln!(
-        out,
-        "bootloader:  {}, scheme {}, {} tries",
-        report.bootloader,
-        report.scheme,
-        board.slots.tries()
-    )?;
-    writeln!(out, "environment: {}", report.environment)?;
-    match (report.booted, report.booted_from) {
-        (Some(b), Some(from)) => writeln!(out, "booted:      {b} (from {from})")?,
-        _ => writeln!(out, "booted:      unknown")?,
-    }
-    writeln!(
-        out,
-        "next boot:   {}{}",
-        report.next_boot,
-        if report.next_boot_is_fallback {
-            " (no slot has tries left: last confirmed slot, uncounted)"
-        } else {
-            ""
-        }
-    )?;
-    if let Some(last) = &report.last_install {
-        let when = humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(last.finished),
-        );
-        match (
-            &last.outcome[..],
-            &last.bundle_version,
-            &last.target,
-            &last.error,
-        ) {
-            ("success", Some(v), Some(t), _) => {
-                writeln!(out, "last install: {v} into slot {t}, {when}")?
-            }
-            (_, _, _, Some(e)) => writeln!(out, "last install: failed {when}: {e}")?,
-            (o, ..) => writeln!(out, "last install: {o} {when}")?,
-        }
-    }
-    writeln!(
-        out,
-        "slot  order  tries  state                      bundle      device"
-    )?;
-    for s in &report.slots {
-        let mut words = vec![if s.good { "good" } else { "bad" }];
-        if s.confirmed {
-            words.push("confirmed");
-        }
-        if s.booted {
-            words.push("booted");
-        }
-        writeln!(
-            out,
-            "{:<5} {:<6} {:<6} {:<26} {:<11} {}",
-            s.name,
-            s.priority.map_or("-".to_owned(), |p| p.to_string()),
-            format!("{}/{}", s.tries_left, board.slots.tries()),
-            words.join(", "),
-            s.bundle.as_ref().map_or("-", |b| b.version.as_str()),
-            s.device
-        )?;
-    }
-    Ok(Outcome::Done)
-}
-
 fn env_location(config: &Path, files: &EnvFiles) -> Result<Location> {
     // EnvArgs::files has refused every other combination.
     match (files.grub.as_slice(), &files.uboot_config) {
@@ -608,15 +534,77 @@ fn env(config: &Path, args: EnvArgs) -> Result<Outcome> {
     }
 }
 
-fn install(board: &Board, args: InstallArgs) -> Result<Outcome> {
+/// `abup install`: whatever happens, with `--progress=json` the last line on standard output
+/// is the `result`, carrying the exit status `main` gives the error.
+fn install(config: &Path, args: InstallArgs) -> Result<Outcome> {
+    let mut progress = crate::install::Progress::new(args.progress);
+    let json = args.progress == crate::install::ProgressMode::Json;
+    let result = install_or_abort(config, args, &mut progress);
+    let outcome = match &result {
+        Ok(done) => crate::install::Outcome {
+            ok: true,
+            exit_code: crate::exit::OK,
+            message: done.message.clone(),
+            reboot_required: done.reboot_required,
+            dry_run: done.dry_run.clone(),
+        },
+        Err(e) => crate::install::Outcome {
+            ok: false,
+            exit_code: crate::exit::status(e),
+            message: crate::exit::message(e),
+            reboot_required: false,
+            dry_run: None,
+        },
+    };
+    progress.result(&outcome);
+    let done = result?;
+    if !json {
+        // Nobody reading any more is no reason to fail an install that is done.
+        let _ = writeln!(std::io::stdout(), "{}", done.message);
+    }
+    Ok(Outcome::Done)
+}
+
+/// How an install command ended well.
+struct InstallDone {
+    message: String,
+    reboot_required: bool,
+    dry_run: Option<serde_json::Value>,
+}
+
+fn install_or_abort(
+    config: &Path,
+    args: InstallArgs,
+    progress: &mut crate::install::Progress,
+) -> Result<InstallDone> {
+    let board = load_board(config)?;
+    let board = &board;
+    if args.abort {
+        let message = match crate::install::abort(board)? {
+            Some(target) => format!(
+                "dropped the interrupted install{}; it stays out of rotation until an install \
+                 completes, and the next install starts over",
+                target.map_or(String::new(), |t| format!(" of slot {t}"))
+            ),
+            None => "no interrupted install to abort; nothing changed".to_owned(),
+        };
+        return Ok(InstallDone {
+            message,
+            reboot_required: false,
+            dry_run: None,
+        });
+    }
     if !(args.retry_wait.is_finite() && args.retry_wait >= 0.0) {
         bail!(
             "--retry-wait must be a number of seconds, not {}",
             args.retry_wait
         );
     }
+    let Some(source) = args.source.as_deref() else {
+        bail!("name the bundle to install, or give --abort");
+    };
     let opts = crate::install::Options {
-        source: Source::parse(&args.source),
+        source: Source::parse(source),
         keyring: args.keyring,
         target: args.slot,
         retry: Retry {
@@ -632,26 +620,19 @@ fn install(board: &Board, args: InstallArgs) -> Result<Outcome> {
         bail!("--fallback must be a file or an http(s) URL: its chunks are fetched out of order");
     }
     if opts.dry_run {
-        let report = crate::install::dry_run(board, &opts)?;
-        if args.progress == crate::install::ProgressMode::Json {
-            println!("{}", report.json());
-        } else {
-            println!("{report}");
-        }
-        return Ok(Outcome::Done);
+        let report = crate::install::dry_run(board, &opts, progress)?;
+        return Ok(InstallDone {
+            message: report.to_string(),
+            reboot_required: false,
+            dry_run: Some(report.json()),
+        });
     }
-    let done = crate::install::install(board, &opts)?;
-    let name = board.slots.name(done.target);
-    if args.progress != crate::install::ProgressMode::Json {
-        println!(
-            "installed {} into slot {name}{}; it boots next, with {} tries to confirm itself \
-             with `abup mark-good`",
-            done.version,
-            if done.resumed { " (resumed)" } else { "" },
-            board.slots.tries()
-        );
-    }
-    Ok(Outcome::Done)
+    let done = crate::install::install(board, &opts, progress)?;
+    Ok(InstallDone {
+        message: done.summary(board),
+        reboot_required: true,
+        dry_run: None,
+    })
 }
 
 fn provision(config: &Path, args: crate::cli::ProvisionArgs) -> Result<Outcome> {

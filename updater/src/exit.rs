@@ -26,6 +26,24 @@ pub const HOOK_FAILED: u8 = 7;
 /// only other system.
 pub const NOT_CONFIRMED: u8 = 8;
 
+/// The error and its causes on one line: what `abup` prints after `abup: error: `, and the
+/// `message` of a failed install's `result` line and history entry. Some library errors
+/// already name their cause in their message; it is not repeated.
+pub fn message(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
+}
+
 /// The status for an error, from the typed errors in its chain. An `io::Error` hides the error
 /// it wraps from the chain, so each one is opened as well.
 pub fn status(e: &anyhow::Error) -> u8 {

@@ -31,5 +31,7 @@ pub mod slotstate;
 pub mod source;
 #[cfg(feature = "device")]
 pub mod state;
+#[cfg(feature = "device")]
+pub mod status_cmd;
 #[cfg(test)]
 mod test_tools;

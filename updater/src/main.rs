@@ -1,6 +1,7 @@
 //! Parses the command line, runs the command, and turns the result into one line on standard
 //! error and a documented exit status (see `abup --help`).
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use abup::cli::Cli;
@@ -8,43 +9,60 @@ use abup::commands::{self, Outcome};
 use abup::exit;
 use clap::Parser;
 
-struct StderrLogger(log::LevelFilter);
+/// Log lines on standard error: `abup: warning: ...` for people, or, when standard error is
+/// the systemd journal, `<4>warning: ...`, the syslog priority the journal files the line
+/// under (it strips the prefix and names the program itself).
+struct StderrLogger {
+    level: log::LevelFilter,
+    journal: bool,
+}
 
 impl log::Log for StderrLogger {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= self.0
+        metadata.level() <= self.level
     }
 
     fn log(&self, record: &log::Record<'_>) {
         if self.enabled(record.metadata()) {
-            let level = match record.level() {
-                log::Level::Error => "error",
-                log::Level::Warn => "warning",
-                log::Level::Info => "info",
-                log::Level::Debug | log::Level::Trace => "debug",
+            let (level, priority) = match record.level() {
+                log::Level::Error => ("error", 3),
+                log::Level::Warn => ("warning", 4),
+                log::Level::Info => ("info", 6),
+                log::Level::Debug | log::Level::Trace => ("debug", 7),
             };
-            eprintln!("abup: {level}: {}", record.args());
+            line(self.journal, priority, level, &record.args().to_string());
         }
     }
 
     fn flush(&self) {}
 }
 
-/// The error and its causes on one line. Some library errors already name their cause in
-/// their message; it is not repeated.
-fn one_line(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line.replace('\n', " ")
+/// One line on standard error. A write that fails (nobody reads standard error any more) is
+/// not a reason to stop what abup is doing, least of all an install half way through.
+fn line(journal: bool, priority: u8, level: &str, text: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = if journal {
+        writeln!(err, "<{priority}>{level}: {text}")
+    } else {
+        writeln!(err, "abup: {level}: {text}")
+    };
+}
+
+/// Whether standard error is the journal: systemd sets `JOURNAL_STREAM` to the device and
+/// inode of the stream it connects (systemd.exec(5)), and a child whose standard error was
+/// redirected elsewhere inherits the variable, so both must match.
+fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = value.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let Ok(stat) = nix::sys::stat::fstat(std::io::stderr().as_fd()) else {
+        return false;
+    };
+    dev.parse() == Ok(stat.st_dev) && ino.parse() == Ok(stat.st_ino)
 }
 
 fn main() -> ExitCode {
@@ -54,7 +72,8 @@ fn main() -> ExitCode {
         1 => log::LevelFilter::Info,
         _ => log::LevelFilter::Debug,
     };
-    let logger = Box::leak(Box::new(StderrLogger(level)));
+    let journal = stderr_is_journal();
+    let logger = Box::leak(Box::new(StderrLogger { level, journal }));
     if log::set_logger(logger).is_ok() {
         log::set_max_level(level);
     }
@@ -62,7 +81,7 @@ fn main() -> ExitCode {
         Ok(Outcome::Done) => ExitCode::from(exit::OK),
         Ok(Outcome::NotSet) => ExitCode::from(exit::NOT_SET),
         Err(e) => {
-            eprintln!("abup: error: {}", one_line(&e));
+            line(journal, 3, "error", &exit::message(&e));
             ExitCode::from(exit::status(&e))
         }
     }

@@ -344,7 +344,7 @@ fn status_and_marks_on_a_grub_pair() {
 
     let json: serde_json::Value =
         serde_json::from_str(&run(&["status", "--json"]).stdout_text()).unwrap();
-    assert_eq!(json["version"], 1);
+    assert_eq!(json["version"], 2);
     assert_eq!(json["booted"], "A");
     assert_eq!(json["booted_from"], "abup.slot");
     assert_eq!(json["next_boot"], "A");

@@ -135,8 +135,11 @@ fn dry_run_reports_where_bytes_come_from_and_writes_nothing() {
     let saved = f.save();
     let out = install(&f, &d, &["--dry-run", "--progress=json"]);
     let line = out.success().stdout_text();
-    let v: serde_json::Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
-    assert_eq!(v["dry_run"], true, "{v}");
+    let last: serde_json::Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
+    assert_eq!(last["event"], "result", "{last}");
+    assert_eq!(last["ok"], true, "{last}");
+    assert_eq!(last["reboot_required"], false, "{last}");
+    let v = &last["dry_run"];
     assert!(v["from_base"].as_u64().unwrap() > 1_000_000, "{v}");
     assert_eq!(v["from_fallback"], 0, "{v}");
     assert_eq!(v["mismatched_chunks"], 0, "{v}");
@@ -195,7 +198,8 @@ fn a_fallback_file_supplies_what_the_running_slot_cannot() {
         ],
     );
     let text = dry.success().stdout_text();
-    let v: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let v = &last["dry_run"];
     let fetched = v["from_fallback"].as_u64().unwrap();
     assert!(fetched > 0, "{v}");
     assert!(
@@ -425,7 +429,7 @@ fn a_delta_installs_from_standard_input_and_from_a_url_that_drops() {
     let out = f.install_stdin(&d);
     out.success();
     // The base check is a phase of its own in the progress lines.
-    assert!(out.stdout_text().contains("\"phase\":\"base\""));
+    assert!(out.stdout_text().contains("\"phase\":\"base-check\""));
     assert_installed(&f, &new);
 
     // Over HTTP, with the connection dropped twice: resumed with Range requests.

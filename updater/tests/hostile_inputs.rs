@@ -202,16 +202,22 @@ fn chatty_hooks(t: &common::Tmp) -> String {
     format!("pre-install = {hook:?}\npost-install = {hook:?}")
 }
 
-/// Every line of standard output is a progress object.
+/// Every line of standard output is a progress object, and the last one the result.
 fn assert_json_progress_only(out: &Output) {
     let text = out.stdout_text();
     let lines: Vec<&str> = text.lines().collect();
     assert!(!lines.is_empty(), "no progress reported");
-    for line in &lines {
+    for (i, line) in lines.iter().enumerate() {
         let v: serde_json::Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("not a progress object ({e}): {line:?} in:\n{text}"));
-        assert_eq!(v["version"], 1, "{line}");
+        assert_eq!(v["version"], 2, "{line}");
         assert!(v["phase"].is_string(), "{line}");
+        let last = i + 1 == lines.len();
+        assert_eq!(
+            v["event"],
+            if last { "result" } else { "progress" },
+            "{line}"
+        );
     }
 }
 

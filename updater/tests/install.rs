@@ -67,17 +67,20 @@ fn install_from_standard_input() {
     let b = f.bundle("b.abup", &img, "2.0", 0);
     let out = f.install_stdin(&b);
     out.success();
-    // One JSON object a line, each with the schema version; the write phase ends complete.
+    // One JSON object a line, each with the schema version; the read-back starts with the
+    // whole image written.
     let lines: Vec<serde_json::Value> = out
         .stdout_text()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert!(lines.iter().all(|l| l["version"] == 1));
-    let write_end = lines.iter().rev().find(|l| l["phase"] == "write").unwrap();
-    assert_eq!(write_end["done"], write_end["total"]);
-    assert_eq!(write_end["total"], img.len());
-    for phase in ["verify", "write", "check", "activate"] {
+    assert!(lines.iter().all(|l| l["version"] == 2));
+    let read_back = lines.iter().find(|l| l["phase"] == "read-back").unwrap();
+    assert_eq!(read_back["bytes_written"], img.len());
+    assert_eq!(read_back["write_total"], img.len());
+    assert_eq!(lines.last().unwrap()["event"], "result");
+    assert_eq!(lines.last().unwrap()["percent"], 100.0);
+    for phase in ["plan", "invalidate", "write", "read-back", "activate"] {
         assert!(
             lines.iter().any(|l| l["phase"] == phase),
             "no {phase} phase"

@@ -30,12 +30,13 @@ use crate::board::Board;
 use crate::bootenv::{Environment, Location};
 use crate::slotstate;
 use crate::source::{BundleReader, Retry, Source};
+use crate::state::history::{Entry, Event};
 use crate::state::journal::Phase;
 use crate::state::records::{LastInstall, SlotBundle};
 use crate::state::{self, InstallLock, StateDir};
 
 pub use plan::{Plan, Report};
-pub use progress::Mode as ProgressMode;
+pub use progress::{Mode as ProgressMode, Outcome, Phase as ProgressPhase, Progress};
 pub use sources::OverBudget;
 pub use state::Busy;
 
@@ -95,17 +96,32 @@ pub struct Installed {
     pub resumed: bool,
 }
 
+impl Installed {
+    /// The line that says so.
+    pub fn summary(&self, board: &Board) -> String {
+        format!(
+            "installed {} into slot {}{}; it boots next, with {} tries to confirm itself with \
+             `abup mark-good`",
+            self.version,
+            board.slots.name(self.target),
+            if self.resumed { " (resumed)" } else { "" },
+            board.slots.tries()
+        )
+    }
+}
+
 /// Installs the bundle from `opts.source`, one install at a time, recording the outcome for
-/// `abup status`.
-pub fn install(board: &Board, opts: &Options) -> Result<Installed> {
+/// `abup status` (`last_install` and the history) and reporting progress to `progress`.
+pub fn install(board: &Board, opts: &Options, progress: &mut Progress) -> Result<Installed> {
     let state = StateDir::open(board)?;
     let source = state::redact(&opts.source.describe());
     let mut lock = state.lock_install(&format!("abup install {source}"))?;
-    let result = run(board, &state, &mut lock, opts);
+    progress.report_to(&state, &source);
+    let result = run(board, &state, &mut lock, opts, progress);
     let last = LastInstall {
         version: 0,
         outcome: if result.is_ok() { "success" } else { "failed" }.into(),
-        source,
+        source: source.clone(),
         target: result
             .as_ref()
             .ok()
@@ -117,16 +133,61 @@ pub fn install(board: &Board, opts: &Options) -> Result<Installed> {
     if let Err(e) = state.set_last_install(last) {
         log::warn!("cannot record the install's outcome: {e:#}");
     }
+    let mut entry = match &result {
+        Ok(done) => Entry::new(
+            Event::Install,
+            true,
+            Some(crate::exit::OK),
+            &done.summary(board),
+        ),
+        Err(e) => {
+            let code = crate::exit::status(e);
+            // Refused before anything was written: the device is as it was.
+            let refused = matches!(code, crate::exit::REFUSED | crate::exit::NOT_CONFIRMED)
+                && progress.current() < ProgressPhase::Invalidate;
+            let event = if refused {
+                Event::Refused
+            } else {
+                Event::Install
+            };
+            Entry::new(event, false, Some(code), &crate::exit::message(e))
+        }
+    };
+    entry.slot = progress.target_name().map(str::to_owned);
+    entry.bundle_version = progress.bundle_version().map(str::to_owned);
+    entry.source = Some(source);
+    state.record_or_warn(entry);
+    // What an interrupted install left is shown from the journal; nothing else is left.
+    if !state.interrupted().is_ok_and(|j| j.is_some()) {
+        state.clear_activity();
+    }
     result
+}
+
+/// `abup install --abort`: drops an interrupted install's journal and held-back blocks, so
+/// the next install of any bundle starts over. The target stays out of rotation; nothing
+/// else changes. Refused (busy) while an install runs. Returns the slot the dropped journal
+/// was writing (`Some(None)` for a journal abup cannot read), `None` if there was none.
+pub fn abort(board: &Board) -> Result<Option<Option<String>>> {
+    let Some(state) = StateDir::existing(board)? else {
+        return Ok(None);
+    };
+    let _lock = state.lock_install("abup install --abort")?;
+    let target = state
+        .journal_target()
+        .map_err(|e| log::warn!("{e:#}"))
+        .ok()
+        .flatten();
+    let dropped = state.drop_journal()?;
+    state.clear_activity();
+    Ok(dropped.then_some(target))
 }
 
 /// Everything an install checks before writing, and what it would read from where. Nothing
 /// is written to a slot, the environment or the state directory's records.
-pub fn dry_run(board: &Board, opts: &Options) -> Result<Report> {
+pub fn dry_run(board: &Board, opts: &Options, progress: &mut Progress) -> Result<Report> {
     let state = StateDir::open(board)?;
-    let mut progress = progress::Progress::new(opts.progress);
-    let (plan, _) = plan::plan(board, &state, opts, &mut progress)?;
-    progress.finish();
+    let (plan, _) = plan::plan(board, &state, opts, progress)?;
     Ok(plan.report)
 }
 
@@ -135,16 +196,18 @@ fn run(
     state: &StateDir,
     lock: &mut InstallLock,
     opts: &Options,
+    progress: &mut Progress,
 ) -> Result<Installed> {
-    let mut progress = progress::Progress::new(opts.progress);
-    let (plan, reader) = plan::plan(board, state, opts, &mut progress)?;
+    let (plan, reader) = plan::plan(board, state, opts, progress)?;
     lock.set_target(&plan.target_name)?;
     if let Some(hook) = &board.install.pre_install {
+        progress.phase(ProgressPhase::PreInstall);
         hooks::run("pre-install", hook, &plan.hook_env)?;
     }
+    progress.phase(ProgressPhase::Invalidate);
     invalidate(board, &plan)?;
-    let phase = write_or_resume(state, &plan, reader, &mut progress)?;
-    activate(board, state, &plan, &mut progress)?;
+    let phase = write_or_resume(state, &plan, reader, progress)?;
+    activate(board, state, &plan, progress)?;
     Ok(Installed {
         target: plan.target,
         version: plan.bundle.manifest.version.clone(),
@@ -159,7 +222,7 @@ fn write_or_resume(
     state: &StateDir,
     plan: &Plan,
     reader: BundleReader,
-    progress: &mut progress::Progress,
+    progress: &mut Progress,
 ) -> Result<Phase> {
     let phase = match state.resumable_journal(&plan.bundle_id, &plan.target_name) {
         Some(j) => {
@@ -193,7 +256,7 @@ pub fn provision_slot(
     opts: &Options,
     target: SlotId,
 ) -> Result<Installed> {
-    let mut progress = progress::Progress::new(opts.progress);
+    let mut progress = Progress::new(opts.progress);
     let (plan, reader) = plan::plan_provision(board, target, opts, &mut progress)?;
     let phase = write_or_resume(state, &plan, reader, &mut progress)?;
     // A recorded bundle makes the floor expected (`StateDir::floor_expected`), so it goes in
@@ -249,7 +312,7 @@ fn write(
     plan: &Plan,
     mut reader: BundleReader,
     start: (usize, usize),
-    progress: &mut progress::Progress,
+    progress: &mut Progress,
 ) -> Result<()> {
     let manifest = &plan.bundle.manifest;
     reader
@@ -304,17 +367,12 @@ fn forget_on_mismatch<T>(state: &StateDir, plan: &Plan, e: anyhow::Error) -> Res
 /// the target first in the boot order with its tries. A cut before that update: the journal
 /// says `activate`, the next run reads the slot back and activates it. After it: the next
 /// boot tries the new slot, and falls back if it never confirms.
-fn activate(
-    board: &Board,
-    state: &StateDir,
-    plan: &Plan,
-    progress: &mut progress::Progress,
-) -> Result<()> {
+fn activate(board: &Board, state: &StateDir, plan: &Plan, progress: &mut Progress) -> Result<()> {
     let manifest = &plan.bundle.manifest;
     state.ensure_floor(plan.floor)?;
     record(state, plan)?;
     if let Some(hook) = &board.install.post_install {
-        progress.phase("hook", 0);
+        progress.phase(ProgressPhase::PostInstall);
         let mounted = if board.install.post_install_mount {
             let dir = state.subdir(&format!("mnt-{}", plan.target_name))?;
             Some(hooks::Mounted::new(&plan.devices[0].path, &dir)?)
@@ -327,7 +385,7 @@ fn activate(
         };
         hooks::run("post-install", hook, &env)?;
     }
-    progress.phase("activate", 0);
+    progress.phase(ProgressPhase::Activate);
     let mut env = Environment::open(&Location::of_board(board), true)?;
     slotstate::transition(board, &mut env, |s| {
         s.activate(plan.target);
@@ -336,7 +394,6 @@ fn activate(
     .with_context(|| format!("activating slot {}", plan.target_name))?;
     drop(env);
     state.clear_journal(manifest.images.len())?;
-    progress.finish();
     Ok(())
 }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use sha2::{Digest, Sha256};
 
-use super::progress::Progress;
+use super::progress::{Phase as ProgressPhase, Progress};
 use super::sources::Sources;
 use super::target::{aligned_buffer, Device, ALIGN};
 use super::{CHECKPOINT_BYTES, FIRST_BLOCK};
@@ -125,7 +125,6 @@ pub fn write_payload(
         .filter(|c| (c.image, c.index) >= start)
         .collect();
     let work: Vec<(usize, usize)> = refs.iter().map(|c| (c.image, c.index)).collect();
-    let total: u64 = manifest.images.iter().map(|i| i.size).sum();
     // What earlier runs wrote is read back like the rest: never trust bytes unverified.
     let on_disk = |i: usize| -> u64 {
         if i < start.0 {
@@ -140,8 +139,11 @@ pub fn write_payload(
     sources
         .written
         .reset((0..manifest.images.len()).map(on_disk).collect());
-    progress.phase("write", total);
-    progress.set(done);
+    progress.written(done);
+    progress.read_back(0);
+    progress.phase(ProgressPhase::Write);
+    // How far the reader thread has read the bundle, for the progress reports.
+    let downloaded = AtomicU64::new(reader.position());
 
     let (stored_tx, stored_rx) = sync_channel::<(usize, Result<Vec<u8>>)>(DEPTH);
     let (decoded_tx, decoded_rx) = sync_channel::<(usize, Result<Vec<u8>>)>(DEPTH);
@@ -160,7 +162,7 @@ pub fn write_payload(
     std::thread::scope(|scope| -> Result<Vec<Vec<u8>>> {
         let decoded_rx = decoded_rx;
         let (work, refs) = (&work, &refs);
-        let verified = &verified;
+        let (verified, downloaded) = (&verified, &downloaded);
         let (stored_pool, decoded_pool) = (&stored_pool, &decoded_pool);
         scope.spawn(move || {
             for (seq, chunk) in refs.iter().enumerate() {
@@ -187,6 +189,7 @@ pub fn write_payload(
                     }
                     Ok(buf)
                 });
+                downloaded.store(reader.position(), Ordering::Relaxed);
                 let failed = r.is_err();
                 if stored_tx.send((seq, r)).is_err() || failed {
                     return;
@@ -221,8 +224,10 @@ pub fn write_payload(
             &mut checkpoint,
             &mut |n| {
                 done += n;
-                progress.verified(verified.load(Ordering::Relaxed));
-                progress.set(done);
+                progress.written(done);
+                progress.read_back(verified.load(Ordering::Relaxed));
+                progress.downloaded(downloaded.load(Ordering::Relaxed));
+                progress.tick();
             },
         );
         drop(verify_tx);
@@ -230,15 +235,16 @@ pub fn write_payload(
         stop.store(true, Ordering::Relaxed);
         sources.written.stop();
         if written.is_ok() {
-            progress.phase("check", total);
+            progress.downloaded(downloaded.load(Ordering::Relaxed));
+            progress.read_back(verified.load(Ordering::Relaxed));
+            progress.phase(ProgressPhase::ReadBack);
             while !verifier.is_finished() {
-                let v = verified.load(Ordering::Relaxed);
-                progress.verified(v);
-                progress.set(v);
+                progress.read_back(verified.load(Ordering::Relaxed));
+                progress.tick();
                 std::thread::sleep(Duration::from_millis(100));
             }
-            progress.verified(verified.load(Ordering::Relaxed));
-            progress.set(total);
+            progress.read_back(verified.load(Ordering::Relaxed));
+            progress.tick();
         }
         let checked = verifier
             .join()
@@ -555,7 +561,9 @@ pub fn verify_written(
     progress: &mut Progress,
 ) -> Result<()> {
     let total: u64 = manifest.images.iter().map(|i| i.size).sum();
-    progress.phase("check", total);
+    progress.written(total);
+    progress.read_back(0);
+    progress.phase(ProgressPhase::ReadBack);
     let mut buf = aligned_buffer(STAGE)?;
     let mut done = 0;
     for (image, device) in manifest.images.iter().zip(devices) {
@@ -568,8 +576,8 @@ pub fn verify_written(
             hasher.update(&buf[..n]);
             at += n as u64;
             done += n as u64;
-            progress.verified(done);
-            progress.set(done);
+            progress.read_back(done);
+            progress.tick();
         }
         check_digest(image, device, hasher)?;
     }

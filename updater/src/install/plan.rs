@@ -79,13 +79,10 @@ impl std::fmt::Display for Report {
 }
 
 impl Report {
-    /// One JSON object for `--dry-run --progress=json`.
+    /// The `dry_run` object of the `result` line of `--dry-run --progress=json` (which
+    /// names the bundle version and the target itself).
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({
-            "version": 1,
-            "dry_run": true,
-            "bundle_version": self.version,
-            "target": self.target,
             "from_bundle": self.from_bundle,
             "from_base": self.from_base,
             "from_fallback": self.from_fallback,
@@ -118,6 +115,7 @@ pub fn plan(
     let (booted, _) = booted::detect(board, &booted::read_cmdline()?)?;
     let target = choose_target(board, booted, opts.target.as_deref())?;
     let target_name = board.slots.name(target).to_owned();
+    progress.target(&target_name);
     let current = slotstate::read(board, &env)?.state;
     drop(env);
     if !current.status(booted).confirmed {
@@ -240,12 +238,19 @@ fn verify(
     let keyring_dir = opts.keyring.as_deref().unwrap_or(&board.install.keyring);
     let keyring = Keyring::load(keyring_dir)
         .with_context(|| format!("loading the keyring {}", keyring_dir.display()))?;
+    progress.phase(super::ProgressPhase::Plan);
     let mut reader = opts.source.open(opts.retry)?;
-    progress.phase("verify", 0);
     let source = crate::state::redact(&opts.source.describe());
     let verified = bundle::read_verified(&mut reader, &keyring)
         .map_err(|e| refuse(format!("bundle {source} refused: {e}")))?;
     let manifest = &verified.manifest;
+    progress.bundle(
+        &manifest.version,
+        &hex(&verified.manifest_sha256),
+        manifest.images.iter().map(|i| i.size).sum(),
+        reader.total_len(),
+    );
+    progress.downloaded(reader.position());
     bundle::check_installable(manifest)
         .map_err(|e| refuse(format!("bundle {source} refused: {e}")))?;
 
@@ -397,9 +402,9 @@ fn check_bases(
             })
             .collect()
     };
-    let total: u64 = checked.iter().map(|&c| reads(c)).sum();
     if manifest.images.iter().any(|i| i.kind.base().is_some()) {
-        progress.phase("base", total);
+        progress.base_total(checked.iter().map(|&c| reads(c)).sum());
+        progress.phase(super::ProgressPhase::BaseCheck);
     }
     for image in &manifest.images {
         for (k, c) in image.chunks.iter().enumerate() {
@@ -427,7 +432,8 @@ fn check_bases(
             Err(e) => return Err(e.into()),
         }
         done += reads((i, k));
-        progress.set(done);
+        progress.base_checked(done);
+        progress.tick();
     }
     report.mismatched_chunks = mismatched.len() as u64;
     Ok(mismatched)

@@ -4,7 +4,7 @@
 //! describes: whatever phase it names, every byte is read back from the disk and checked
 //! against the bundle's hashes before the slot is activated.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::StateDir;
@@ -42,9 +42,13 @@ impl Phase {
     };
 }
 
+/// The state files holding each image's first block while the install runs: this and the
+/// image's number.
+const HELD: &str = "install-first-block.";
+
 /// The state file holding image `image`'s first block while the install runs.
 fn held_block(image: usize) -> String {
-    format!("install-first-block.{image}")
+    format!("{HELD}{image}")
 }
 
 impl StateDir {
@@ -62,12 +66,7 @@ impl StateDir {
         if journal.bundle != bundle || journal.target != target {
             return None;
         }
-        let started = match journal.phase {
-            Phase::Write { image, next_chunk } => image + usize::from(next_chunk > 0),
-            Phase::Activate => 0,
-        };
-        let held = |i| std::fs::symlink_metadata(self.file(&held_block(i))).is_ok();
-        if !(0..started).all(held) {
+        if !self.holds_blocks_of(&journal) {
             log::warn!(
                 "starting the install over: the journal says slot {target} was partly written, \
                  but its held-back first block is gone"
@@ -75,6 +74,46 @@ impl StateDir {
             return None;
         }
         Some(journal)
+    }
+
+    /// Whether the first blocks `journal` says were held back are all still here: without
+    /// them the install cannot continue.
+    fn holds_blocks_of(&self, journal: &Journal) -> bool {
+        let started = match journal.phase {
+            Phase::Write { image, next_chunk } => image + usize::from(next_chunk > 0),
+            Phase::Activate => 0,
+        };
+        (0..started).all(|i| std::fs::symlink_metadata(self.file(&held_block(i))).is_ok())
+    }
+
+    /// The journal of an interrupted install, and whether running the same install again
+    /// continues it (its held-back blocks are all here) rather than starting over.
+    pub fn interrupted(&self) -> Result<Option<(Journal, bool)>> {
+        Ok(self.read_journal()?.map(|j| {
+            let resumable = self.holds_blocks_of(&j);
+            (j, resumable)
+        }))
+    }
+
+    /// `abup install --abort`: removes the journal, even one abup cannot read, then every
+    /// held-back block. Returns whether there was a journal. A cut in between leaves blocks
+    /// that no journal refers to, which the next install's start removes or overwrites.
+    pub fn drop_journal(&self) -> Result<bool> {
+        let existed = std::fs::symlink_metadata(self.file(JOURNAL)).is_ok();
+        self.remove(JOURNAL)?;
+        let dir = std::fs::read_dir(self.path())
+            .with_context(|| format!("reading {}", self.path().display()))?;
+        for entry in dir {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            if name
+                .strip_prefix(HELD)
+                .is_some_and(|n| n.parse::<usize>().is_ok())
+            {
+                self.remove(&name)?;
+            }
+        }
+        Ok(existed)
     }
 
     fn read_journal(&self) -> Result<Option<Journal>> {
@@ -141,13 +180,7 @@ impl StateDir {
 mod tests {
     use super::*;
 
-    fn state() -> (tempfile::TempDir, StateDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let state = StateDir {
-            path: dir.path().to_owned(),
-        };
-        (dir, state)
-    }
+    use crate::state::temporary as state;
 
     #[test]
     fn a_journal_resumes_only_its_own_bundle_and_target() {
@@ -200,6 +233,35 @@ mod tests {
             std::fs::write(d.path().join(JOURNAL), text).unwrap();
             assert!(s.resumable_journal("b1", "B").is_none(), "{text}");
         }
+    }
+
+    #[test]
+    fn dropping_a_journal_removes_its_held_blocks_only() {
+        let (d, s) = state();
+        assert!(!s.drop_journal().unwrap());
+        s.hold_block(0, b"a").unwrap();
+        s.hold_block(1, b"b").unwrap();
+        s.save_journal(
+            "b1",
+            "B",
+            Phase::Write {
+                image: 1,
+                next_chunk: 2,
+            },
+        )
+        .unwrap();
+        assert!(s.interrupted().unwrap().unwrap().1);
+        std::fs::remove_file(d.path().join(held_block(1))).unwrap();
+        assert!(!s.interrupted().unwrap().unwrap().1, "not resumable");
+        std::fs::write(d.path().join("install-first-block.x"), b"").unwrap();
+        assert!(s.drop_journal().unwrap());
+        assert!(s.interrupted().unwrap().is_none());
+        let mut left: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["install-first-block.x"]);
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! One install at a time: an exclusive `flock` on `install.lock` in the state directory. The
 //! file also names the holder and, once the install knows it, its target slot, so a second
-//! install can say who is in the way and `mark-good`/`mark-active` can refuse the slot that is
-//! being written.
+//! install can say who is in the way, `mark-good`/`mark-active` can refuse the slot that is
+//! being written, and `abup status` can name the running install's process. Whoever only
+//! looks (a shared lock tried without waiting) never waits for an install.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use nix::fcntl::{Flock, FlockArg};
@@ -21,6 +23,19 @@ pub struct InstallLock {
     what: String,
 }
 
+/// A running install, as its lock file names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Running {
+    pub pid: Option<u32>,
+    /// The slot it writes, once it has chosen one.
+    pub target: Option<String>,
+}
+
+/// How long an install waits for a lock that is held: whoever only looks at the lock
+/// (`abup status`, `mark-good`) holds it shared for microseconds, and must not make an
+/// install that starts at that moment fail as busy. A running install holds it for minutes.
+const LOOKERS: Duration = Duration::from_millis(200);
+
 /// Another install holds the lock.
 #[derive(Debug, thiserror::Error)]
 #[error("another install is running ({holder}); wait for it to finish")]
@@ -33,9 +48,19 @@ impl StateDir {
     /// others).
     pub fn lock_install(&self, what: &str) -> Result<InstallLock> {
         let path = self.file(LOCK);
-        let file = super::open_nofollow(&path, true)
+        let mut file = super::open_nofollow(&path, true)
             .with_context(|| format!("opening {}", path.display()))?;
-        let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        let start = Instant::now();
+        let locked = loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Err((f, nix::errno::Errno::EWOULDBLOCK)) if start.elapsed() < LOOKERS => {
+                    file = f;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => break other,
+            }
+        };
+        let file = match locked {
             Ok(f) => f,
             Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
                 let holder = holder(file);
@@ -61,13 +86,29 @@ impl StateDir {
 
     /// The slot a running install is writing, if an install runs and has chosen it.
     pub fn running_install_target(&self) -> Option<String> {
+        self.running_install()?.target
+    }
+
+    /// The install that holds the lock, if one does; found without waiting.
+    pub fn running_install(&self) -> Option<Running> {
         let file = super::open_nofollow(&self.file(LOCK), false).ok()?;
         match Flock::lock(file, FlockArg::LockSharedNonblock) {
             // Nobody holds it: no install runs.
             Ok(_) => None,
-            Err((file, _)) => holder(file)
-                .lines()
-                .find_map(|l| l.strip_prefix(TARGET).map(str::to_owned)),
+            Err((file, _)) => {
+                let text = holder(file);
+                Some(Running {
+                    pid: text
+                        .lines()
+                        .next()
+                        .and_then(|l| l.strip_prefix("pid "))
+                        .and_then(|l| l.split(':').next())
+                        .and_then(|n| n.parse().ok()),
+                    target: text
+                        .lines()
+                        .find_map(|l| l.strip_prefix(TARGET).map(str::to_owned)),
+                })
+            }
         }
     }
 }

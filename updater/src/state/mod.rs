@@ -1,6 +1,7 @@
 //! The state directory: what abup remembers across reboots and interruptions (the install
 //! journal and its held-back first blocks, what each slot holds, the security floor, how the
-//! last install ended, the install lock). [`StateDir`] is its one owner.
+//! last install ended, the install lock, what a running install is doing, the history).
+//! [`StateDir`] is its one owner.
 //!
 //! Whoever can write here can steer abup (resume an install that never happened, lower the
 //! security floor), so the directory is held to what only root can change: it lives outside
@@ -9,7 +10,9 @@
 //! as) or writable by group or others. Inside it no symbolic link is followed, files are created 0600 under unique
 //! temporary names and renamed into place, and every read is bounded while it reads.
 
+pub mod activity;
 pub mod floor;
+pub mod history;
 pub mod journal;
 mod lock;
 pub mod records;
@@ -25,7 +28,7 @@ use serde::Serialize;
 
 use crate::board::Board;
 
-pub use lock::{Busy, InstallLock};
+pub use lock::{Busy, InstallLock, Running};
 
 /// State files are a few hundred bytes; anything larger is not ours. (The held-back first
 /// blocks have their own, exact limit.)
@@ -266,6 +269,23 @@ pub fn replace_with(
     Ok(())
 }
 
+/// Replaces `path` with `bytes` by renaming a new file over it, without syncing anything: a
+/// process killed at any point leaves the old file or the new one, a power cut may leave
+/// either or none. For reports that are rewritten often and trusted for nothing
+/// ([`activity`]); everything abup decides from goes through [`replace`].
+pub fn replace_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".unsynced.")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    tmp.write_all(bytes)
+        .with_context(|| format!("writing {}", tmp.path().display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("renaming a temporary file to {}", path.display()))?;
+    Ok(())
+}
+
 fn sync_dir(path: &Path) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         File::open(dir)
@@ -303,6 +323,16 @@ pub fn redact(source: &str) -> String {
         out.push_str("?***");
     }
     out
+}
+
+/// A state directory in a new temporary directory, for unit tests.
+#[cfg(test)]
+pub(crate) fn temporary() -> (tempfile::TempDir, StateDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir {
+        path: dir.path().to_owned(),
+    };
+    (dir, state)
 }
 
 #[cfg(test)]

@@ -357,7 +357,14 @@ impl Fixture {
     }
 
     pub fn status(&self) -> serde_json::Value {
-        let out = self.abup(&["status", "--json"]);
+        self.status_with(&[])
+    }
+
+    /// `abup status --json` with more options (`--history`).
+    pub fn status_with(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["status", "--json"];
+        all.extend_from_slice(args);
+        let out = self.abup(&all);
         out.success();
         serde_json::from_str(&out.stdout_text()).unwrap()
     }
