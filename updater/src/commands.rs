@@ -11,9 +11,9 @@ use serde::Serialize;
 use crate::board::Board;
 use crate::booted::{self, Method};
 use crate::bootenv::{Assignment, Environment, Location};
-use crate::cli::{Cli, Command, EnvArgs, EnvOp, GenerateOp, InstallArgs};
+use crate::cli::{Cli, Command, EnvArgs, EnvOp, GenerateOp, HttpArgs, InstallArgs};
 use crate::slotstate;
-use crate::source::{Retry, Source};
+use crate::source::{Network, Source};
 use crate::state::floor::{self, Floor};
 use crate::state::records::{LastInstall, SlotBundle};
 use crate::state::StateDir;
@@ -37,7 +37,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Provision(args) => provision(&cli.config, args),
         Command::SplitRoot(args) => split_root(&cli.config, args),
         Command::Keygen { secret, public } => crate::bundle_cmd::keygen(&secret, &public),
-        Command::Bundle(op) => crate::bundle_cmd::run(op),
+        Command::Bundle(op) => crate::bundle_cmd::run(op, &cli.config),
         Command::Generate(op) => generate(op),
         Command::SecurityFloor { set } => security_floor(&load_board(&cli.config)?, set),
     }
@@ -45,6 +45,13 @@ pub fn run(cli: Cli) -> Result<Outcome> {
 
 fn load_board(path: &Path) -> Result<Board> {
     Ok(Board::load(path)?)
+}
+
+/// How bundles at URLs are fetched: the board's `[http]` (if there is a board) with the
+/// command line's flags laid over it; the deadline of `--timeout` starts now.
+pub fn network(board: Option<&Board>, args: &HttpArgs) -> Result<Network> {
+    let base = board.map(|b| b.http.clone()).unwrap_or_default();
+    Ok(Network::new(base.overridden_by(args.config()?)))
 }
 
 fn cmdline() -> Result<String> {
@@ -526,20 +533,11 @@ fn env(config: &Path, args: EnvArgs) -> Result<Outcome> {
 }
 
 fn install(board: &Board, args: InstallArgs) -> Result<Outcome> {
-    if !(args.retry_wait.is_finite() && args.retry_wait >= 0.0) {
-        bail!(
-            "--retry-wait must be a number of seconds, not {}",
-            args.retry_wait
-        );
-    }
     let opts = crate::install::Options {
         source: Source::parse(&args.source),
         keyring: args.keyring,
         target: args.slot,
-        retry: Retry {
-            attempts: args.retries,
-            first_wait: std::time::Duration::from_secs_f64(args.retry_wait),
-        },
+        network: network(Some(board), &args.http)?,
         progress: args.progress,
         fallback: args.fallback.as_deref().map(Source::parse),
         max_download: args.max_download,
@@ -580,10 +578,7 @@ fn provision(config: &Path, args: crate::cli::ProvisionArgs) -> Result<Outcome> 
         both: args.both,
         force: args.force,
         keyring: args.keyring,
-        retry: Retry {
-            attempts: 5,
-            first_wait: std::time::Duration::from_secs(1),
-        },
+        network: network(Some(&board), &args.http)?,
         progress: if args.json {
             crate::install::ProgressMode::None
         } else {

@@ -12,7 +12,7 @@ use super::hooks::HookEnv;
 use super::progress::Progress;
 use super::sources::{Fallback, Sources};
 use super::target::{self, Device};
-use super::{hex, refuse, NotConfirmed, Options};
+use super::{hex, refuse, refuse_bundle, NotConfirmed, Options};
 use crate::board::Board;
 use crate::booted;
 use crate::bootenv::{Environment, Location};
@@ -170,9 +170,9 @@ pub fn plan(
     if let Some(fallback_source) = &opts.fallback {
         if manifest.images.iter().any(|i| i.kind.base().is_some()) {
             let describe = crate::state::redact(&fallback_source.describe());
-            let mut fb_reader = fallback_source.open(opts.retry)?;
+            let mut fb_reader = fallback_source.open(&opts.network)?;
             let fb = bundle::read_verified(&mut fb_reader, &keyring)
-                .map_err(|e| refuse(format!("fallback bundle {describe} refused: {e}")))?;
+                .map_err(|e| refuse_bundle(e, format!("fallback bundle {describe} refused")))?;
             let fallback = Fallback::new(fb_reader, fb, manifest, opts.max_download, describe)
                 .map_err(|e| refuse(format!("{e:#}")))?;
             sources.fallback = Some(fallback);
@@ -240,14 +240,14 @@ fn verify(
     let keyring_dir = opts.keyring.as_deref().unwrap_or(&board.install.keyring);
     let keyring = Keyring::load(keyring_dir)
         .with_context(|| format!("loading the keyring {}", keyring_dir.display()))?;
-    let mut reader = opts.source.open(opts.retry)?;
+    let mut reader = opts.source.open(&opts.network)?;
     progress.phase("verify", 0);
     let source = crate::state::redact(&opts.source.describe());
     let verified = bundle::read_verified(&mut reader, &keyring)
-        .map_err(|e| refuse(format!("bundle {source} refused: {e}")))?;
+        .map_err(|e| refuse_bundle(e, format!("bundle {source} refused")))?;
     let manifest = &verified.manifest;
     bundle::check_installable(manifest)
-        .map_err(|e| refuse(format!("bundle {source} refused: {e}")))?;
+        .map_err(|e| refuse_bundle(e, format!("bundle {source} refused")))?;
 
     if manifest.compatible != board.compatible {
         return Err(refuse(format!(
