@@ -3,6 +3,7 @@
 
 pub mod fixture;
 pub mod http;
+pub mod net;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
