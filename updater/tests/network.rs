@@ -119,6 +119,20 @@ fn https_with_a_private_ca_and_a_required_header() {
 }
 
 #[test]
+fn a_url_user_and_password_are_sent_as_basic_authorization() {
+    let (f, img, www) = device();
+    // base64("agent:s3cret pw")
+    let basic = ["--header", "Authorization: Basic YWdlbnQ6czNjcmV0IHB3"];
+    let server = serve(&f, &www, "basic.log", None, &basic);
+    let url = server.url("http", "b.abup");
+    let url = url.replacen("http://", "http://agent:s3cret%20pw@", 1);
+    let out = install(&f, &url, &[]);
+    out.success();
+    assert_installed(&f, &img, "2.0");
+    assert_never_shown(&f, &out, "s3cret");
+}
+
+#[test]
 fn a_client_certificate_is_presented_when_given() {
     let (f, img, www, pki) = setup();
     let client_ca = ["--client-ca", s(&pki.client_ca)];

@@ -68,6 +68,12 @@ impl Client {
             .ok()
             .filter(|u: &Uri| u.host().is_some_and(|h| !h.is_empty()))
             .with_context(|| format!("{shown} is not an http(s) URL with a host name"))?;
+        let (uri, basic) = without_userinfo(uri)
+            .with_context(|| format!("{shown} is not an http(s) URL with a host name"))?;
+        let mut headers = net.http.headers.clone();
+        if let Some(basic) = basic.filter(|b| !headers.iter().any(|h| h.same_name(b))) {
+            headers.push(basic);
+        }
         let https = uri.scheme_str() == Some("https");
         let tls = tls_config(&net.http, https.then_some(&shown))?;
         let config = Agent::config_builder()
@@ -87,7 +93,7 @@ impl Client {
         Ok(Client {
             agent: config.new_agent(),
             url: uri,
-            headers: net.http.headers.clone(),
+            headers,
             deadline: net.deadline,
         })
     }
@@ -159,6 +165,36 @@ impl Client {
             "the server redirected more than {MAX_REDIRECTS} times"
         )))
     }
+}
+
+/// The URL without its `user:password@`, which becomes an `Authorization: Basic` header (as
+/// curl and browsers send it), so that it goes only where the other headers go and never into
+/// a `Host` header.
+fn without_userinfo(uri: Uri) -> Option<(Uri, Option<Header>)> {
+    use base64::Engine;
+    let authority = uri.authority()?.as_str();
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return Some((uri, None));
+    };
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let credentials = format!("{}:{}", decode(user), decode(password));
+    let header = Header {
+        name: "Authorization".into(),
+        value: format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(credentials)
+        ),
+    };
+    let rest = uri.path_and_query().map_or("/", |p| p.as_str());
+    let bare: Uri = format!("{}://{host}{rest}", uri.scheme_str()?)
+        .parse()
+        .ok()?;
+    Some((bare, Some(header)))
 }
 
 /// Scheme, host and port: where headers may go.
@@ -466,6 +502,16 @@ mod tests {
 
     fn uri(s: &str) -> Uri {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn url_credentials_become_a_basic_authorization_header() {
+        let (bare, h) = without_userinfo(uri("https://agent:p%40ss@h:8443/b?t=1")).unwrap();
+        assert_eq!(bare.to_string(), "https://h:8443/b?t=1");
+        // base64("agent:p@ss")
+        assert_eq!(h.unwrap().value, "Basic YWdlbnQ6cEBzcw==");
+        let (same, none) = without_userinfo(uri("https://h/b")).unwrap();
+        assert_eq!((same.to_string().as_str(), none), ("https://h/b", None));
     }
 
     #[test]
