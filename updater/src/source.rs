@@ -372,8 +372,9 @@ impl Http {
             }
             failures += 1;
             log::warn!(
-                "{} failed ({e}); retrying in {wait:?} ({failures}/{})",
+                "{} failed ({e}); retrying in {:.1} s ({failures}/{})",
                 what(),
+                wait.as_secs_f64(),
                 self.retry.attempts
             );
             std::thread::sleep(left.map_or(wait, |l| wait.min(l)));
