@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use bootcount::{Scheme, Slots};
 use serde::Deserialize;
@@ -110,6 +111,8 @@ pub struct Board {
     pub script_path: Option<ScriptPath>,
     pub boot_files: Vec<BootFile>,
     pub install: InstallConfig,
+    /// How bundles are fetched over http(s): trust, credentials, retries.
+    pub http: HttpConfig,
     /// The disk's partitions, for provisioning; empty when the board file has none.
     pub layout: Vec<crate::disk::layout::Partition>,
 }
@@ -127,6 +130,140 @@ pub struct InstallConfig {
     pub post_install_mount: bool,
 }
 
+/// How bundles are fetched over http(s), from `[http]`; the command line's flags override
+/// or extend it ([`HttpConfig::overridden_by`]). Every path is absolute.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HttpConfig {
+    /// PEM files of CAs trusted besides the system's store.
+    pub ca: Vec<PathBuf>,
+    /// A client certificate (PEM, the chain in order) and its private key (PEM).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Sent with every request to the URL's own host.
+    pub headers: Vec<Header>,
+    /// The most the whole download may take.
+    pub timeout: Option<Duration>,
+    /// Consecutive network failures retried before giving up.
+    pub retries: Option<u32>,
+    /// The wait before the first retry; each further one doubles.
+    pub retry_wait: Option<Duration>,
+}
+
+/// The most retries `[http] retries` and `--retries` allow: with the waits doubling up to a
+/// minute, more would keep a failing install going for hours.
+pub const MAX_RETRIES: u32 = 100;
+
+/// The longest first wait between retries, in seconds.
+pub const MAX_RETRY_WAIT: f64 = 60.0;
+
+impl HttpConfig {
+    /// These settings with `cli`'s laid over them: CAs add up; a client certificate, the
+    /// timeout and the retry settings replace the board's; a header replaces the board's
+    /// headers of the same name and adds to the rest.
+    pub fn overridden_by(&self, cli: HttpConfig) -> HttpConfig {
+        let mut headers: Vec<Header> = self
+            .headers
+            .iter()
+            .filter(|h| !cli.headers.iter().any(|c| c.same_name(h)))
+            .cloned()
+            .collect();
+        headers.extend(cli.headers);
+        HttpConfig {
+            ca: self.ca.iter().cloned().chain(cli.ca).collect(),
+            client_cert: cli.client_cert.or_else(|| self.client_cert.clone()),
+            headers,
+            timeout: cli.timeout.or(self.timeout),
+            retries: cli.retries.or(self.retries),
+            retry_wait: cli.retry_wait.or(self.retry_wait),
+        }
+    }
+}
+
+/// One HTTP request header, `Name: value`. Its value is a secret as far as abup knows (an
+/// `Authorization` token): `Debug` shows only the name, and nothing prints the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Header {
+    pub name: String,
+    pub value: String,
+}
+
+impl std::fmt::Debug for Header {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: ***", self.name)
+    }
+}
+
+/// Headers abup sets itself on every request: one given again would break the download.
+const OWN_HEADERS: &[&str] = &[
+    "range",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "accept-encoding",
+    "if-range",
+];
+
+impl Header {
+    /// `Name: value`, as curl's `-H` takes it. The name is an HTTP token, the value printable
+    /// ASCII (spaces and tabs inside); a header abup sends itself (`Range`, `Host`, ...) is
+    /// refused. Errors never repeat the value.
+    pub fn parse(text: &str) -> Result<Header, String> {
+        let Some((name, value)) = text.split_once(':') else {
+            return Err(
+                "a header is \"Name: value\" (e.g. \"Authorization: Bearer ...\"), with a colon \
+                 after the name; this one has none"
+                    .into(),
+            );
+        };
+        let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if name.is_empty() || !name.chars().all(tchar) {
+            return Err(format!(
+                "header name {name:?} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)"
+            ));
+        }
+        if OWN_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "header {name} is one abup sets itself on every request; drop it"
+            ));
+        }
+        let value = value.trim_matches([' ', '\t']);
+        if !value
+            .chars()
+            .all(|c| c == ' ' || c == '\t' || c.is_ascii_graphic())
+        {
+            return Err(format!(
+                "the value of header {name} holds a character other than printable ASCII \
+                 (a line break, a control character or non-ASCII text)"
+            ));
+        }
+        Ok(Header {
+            name: name.to_owned(),
+            value: value.to_owned(),
+        })
+    }
+
+    /// Header names are case-insensitive.
+    pub fn same_name(&self, other: &Header) -> bool {
+        self.name.eq_ignore_ascii_case(&other.name)
+    }
+}
+
+/// Seconds as a [`Duration`]: finite, and not below `min` nor above `max`.
+pub fn seconds(what: &str, value: f64, min: f64, max: f64) -> Result<Duration, String> {
+    if !(value.is_finite() && value >= min && value <= max) {
+        return Err(format!(
+            "{what} must be a number of seconds from {min} to {max}, not {value}"
+        ));
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+/// The longest `timeout` there is: a week, more than any download can need.
+pub const MAX_TIMEOUT: f64 = 7.0 * 24.0 * 3600.0;
+
+/// The shortest `timeout`: a millisecond (zero would fail every download at once).
+pub const MIN_TIMEOUT: f64 = 0.001;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
@@ -135,6 +272,8 @@ struct File {
     slot: Vec<SlotSection>,
     #[serde(default)]
     install: InstallSection,
+    #[serde(default)]
+    http: HttpSection,
     #[serde(default)]
     partition: Vec<crate::disk::layout::PartitionSection>,
     #[serde(default, rename = "boot-file")]
@@ -157,6 +296,66 @@ struct InstallSection {
     post_install: Option<PathBuf>,
     #[serde(default)]
     post_install_mount: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct HttpSection {
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    #[serde(default)]
+    headers: Vec<String>,
+    timeout: Option<f64>,
+    retries: Option<u32>,
+    retry_wait: Option<f64>,
+}
+
+impl HttpSection {
+    fn check(self) -> Result<HttpConfig, String> {
+        for (what, p) in [("ca", &self.ca), ("cert", &self.cert), ("key", &self.key)] {
+            if let Some(p) = p.as_ref().filter(|p| !p.is_absolute()) {
+                return Err(format!(
+                    "[http] {what} {} must be an absolute path",
+                    p.display()
+                ));
+            }
+        }
+        let client_cert = match (self.cert, self.key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err("[http] cert needs the certificate's private key: key = \"...\"".into())
+            }
+            (None, Some(_)) => {
+                return Err(
+                    "[http] key needs the client certificate it belongs to: cert = \"...\"".into(),
+                )
+            }
+        };
+        let headers = self
+            .headers
+            .iter()
+            .map(|h| Header::parse(h).map_err(|e| format!("[http] headers: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(r) = self.retries.filter(|&r| r > MAX_RETRIES) {
+            return Err(format!("[http] retries is {r}; at most {MAX_RETRIES}"));
+        }
+        Ok(HttpConfig {
+            ca: self.ca.into_iter().collect(),
+            client_cert,
+            headers,
+            timeout: self
+                .timeout
+                .map(|t| seconds("[http] timeout", t, MIN_TIMEOUT, MAX_TIMEOUT))
+                .transpose()?,
+            retries: self.retries,
+            retry_wait: self
+                .retry_wait
+                .map(|w| seconds("[http] retry-wait", w, 0.0, MAX_RETRY_WAIT))
+                .transpose()?,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -401,6 +600,7 @@ impl Board {
                 }
             }
         }
+        let http = file.http.check().map_err(invalid)?;
         let install = file.install;
         for (what, p) in [
             ("pre-install", &install.pre_install),
@@ -451,6 +651,7 @@ impl Board {
                 post_install: install.post_install,
                 post_install_mount: install.post_install_mount,
             },
+            http,
             layout,
         })
     }
@@ -660,6 +861,61 @@ device = "/dev/b"
         assert!(err(&GRUB.replace("type = \"grub\"", "type = \"u-boot\""))
             .contains("grubenv is for GRUB"));
         assert!(err("[board]\nname=").contains("line 2"));
+    }
+
+    #[test]
+    fn http_section_and_command_line_overrides() {
+        assert_eq!(parse(GRUB).unwrap().http, HttpConfig::default());
+        let b = parse(&format!(
+            "{GRUB}[http]\nca = \"/etc/abup/ca.pem\"\ncert = \"/etc/abup/c.pem\"\n\
+             key = \"/etc/abup/c.key\"\nheaders = [\"Authorization: TargetToken t0k\", \
+             \"X-Id:  7 \"]\ntimeout = 600\nretries = 3\nretry-wait = 0.5\n"
+        ))
+        .unwrap();
+        let h = &b.http;
+        assert_eq!(h.ca, [PathBuf::from("/etc/abup/ca.pem")]);
+        assert_eq!(
+            h.client_cert,
+            Some(("/etc/abup/c.pem".into(), "/etc/abup/c.key".into()))
+        );
+        assert_eq!(h.headers[1].value, "7");
+        assert_eq!(h.timeout, Some(Duration::from_secs(600)));
+        assert_eq!(h.retry_wait, Some(Duration::from_millis(500)));
+        assert!(
+            !format!("{h:?}").contains("t0k"),
+            "Debug hides header values"
+        );
+
+        let cli = HttpConfig {
+            ca: vec!["extra.pem".into()],
+            headers: vec![Header::parse("AUTHORIZATION: other").unwrap()],
+            retries: Some(0),
+            ..HttpConfig::default()
+        };
+        let merged = h.overridden_by(cli);
+        assert_eq!(merged.ca.len(), 2, "CAs add up");
+        assert_eq!(merged.client_cert, h.client_cert, "kept unless given");
+        let names: Vec<(&str, &str)> = merged
+            .headers
+            .iter()
+            .map(|h| (h.name.as_str(), h.value.as_str()))
+            .collect();
+        assert_eq!(names, [("X-Id", "7"), ("AUTHORIZATION", "other")]);
+        assert_eq!((merged.retries, merged.timeout), (Some(0), h.timeout));
+
+        for (bad, says) in [
+            ("ca = \"rel.pem\"", "must be an absolute path"),
+            ("key = \"/k\"", "key needs the client certificate"),
+            ("headers = [\"Bad Name: x\"]", "not an HTTP header name"),
+            ("headers = [\"Host: x\"]", "abup sets itself"),
+            ("headers = [\"X: a\\u0007b\"]", "printable ASCII"),
+            ("timeout = -1", "[http] timeout must be a number of seconds"),
+            ("retry-wait = 61", "[http] retry-wait must be"),
+            ("retries = 101", "at most 100"),
+        ] {
+            let e = err(&format!("{GRUB}[http]\n{bad}\n"));
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::board::ROOTFS_CLASS;
+use crate::board::{Board, ROOTFS_CLASS};
 use crate::bundle::{self, hex, Compression, CreateOptions, ImageSource, Keyring, SecretKey};
 use crate::cli::{BundleOp, CreateArgs};
-use crate::commands::Outcome;
-use crate::install::Refused;
+use crate::commands::{network, Outcome};
+use crate::install::refuse_bundle;
+use crate::source::{Network, Source};
 
 pub fn keygen(secret: &Path, public: &Path) -> Result<Outcome> {
     // Both places are checked first, so a mistake in the second leaves no stray secret key.
@@ -53,19 +54,59 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-pub fn run(op: BundleOp) -> Result<Outcome> {
+/// `config` is the board configuration: `info` and `verify` read its `[http]` for a URL, and
+/// `verify` its keyring when no `--keyring` is given. A build host has none, and needs none.
+pub fn run(op: BundleOp, config: &Path) -> Result<Outcome> {
     match op {
         BundleOp::Create(args) => create(args),
         BundleOp::Info {
             bundle,
             keyring,
             json,
-        } => info(&bundle, keyring.as_deref(), json),
+            http,
+        } => {
+            let source = Source::parse(&bundle);
+            let board = match source {
+                Source::Url(_) => board_if_present(config)?,
+                _ => None,
+            };
+            info(
+                &source,
+                keyring.as_deref(),
+                json,
+                &network(board.as_ref(), &http)?,
+            )
+        }
         BundleOp::Verify {
             bundle,
             keyring,
             bases,
-        } => verify(&bundle, &keyring, &bases),
+            http,
+        } => {
+            let source = Source::parse(&bundle);
+            let board = match (&source, &keyring) {
+                (Source::Url(_), _) | (_, None) => board_if_present(config)?,
+                _ => None,
+            };
+            let keyring = match (keyring, &board) {
+                (Some(k), _) => k,
+                (None, Some(b)) => b.install.keyring.clone(),
+                (None, None) => bail!(
+                    "give --keyring DIR: there is no board configuration {} whose keyring to \
+                     use (--config, ABUP_CONFIG)",
+                    config.display()
+                ),
+            };
+            verify(&source, &keyring, &bases, &network(board.as_ref(), &http)?)
+        }
+    }
+}
+
+/// The board configuration at `config`, if there is a file there.
+fn board_if_present(config: &Path) -> Result<Option<Board>> {
+    match config.try_exists() {
+        Ok(false) => Ok(None),
+        _ => Ok(Some(Board::load(config)?)),
     }
 }
 
@@ -229,25 +270,24 @@ fn read_bounded(path: &Path, max: u64) -> Result<String> {
     String::from_utf8(bytes).with_context(|| format!("{} is not a PEM key", path.display()))
 }
 
-fn open_bundle(path: &Path) -> Result<BufReader<File>> {
-    Ok(BufReader::new(File::open(path).with_context(|| {
-        format!("opening bundle {}", path.display())
-    })?))
-}
-
-fn info(path: &Path, keyring: Option<&Path>, json: bool) -> Result<Outcome> {
-    let mut r = open_bundle(path)?;
-    let (value, manifest, key_id, verified) = match keyring {
-        Some(dir) => {
-            let keyring = Keyring::load(dir)
-                .with_context(|| format!("loading the keyring {}", dir.display()))?;
-            let v = bundle::read_verified(&mut r, &keyring)
-                .map_err(|e| Refused(format!("bundle {} refused: {e}", path.display())))?;
+fn info(source: &Source, keyring: Option<&Path>, json: bool, net: &Network) -> Result<Outcome> {
+    let shown = source.describe();
+    let keyring = match keyring {
+        Some(dir) => Some(
+            Keyring::load(dir).with_context(|| format!("loading the keyring {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let mut r = BufReader::new(source.open_front(net)?);
+    let (value, manifest, key_id, verified) = match &keyring {
+        Some(keyring) => {
+            let v = bundle::read_verified(&mut r, keyring)
+                .map_err(|e| refuse_bundle(e, format!("bundle {shown} refused")))?;
             (v.info_json(), v.manifest, v.key_id, true)
         }
         None => {
             let u = bundle::read_unverified(&mut r)
-                .map_err(|e| Refused(format!("bundle {}: {e}", path.display())))?;
+                .map_err(|e| refuse_bundle(e, format!("bundle {shown}")))?;
             (u.info_json(), u.manifest, u.key_id, false)
         }
     };
@@ -256,7 +296,7 @@ fn info(path: &Path, keyring: Option<&Path>, json: bool) -> Result<Outcome> {
         return Ok(Outcome::Done);
     }
     let created = std::time::UNIX_EPOCH + std::time::Duration::from_secs(manifest.created);
-    println!("bundle:           {}", path.display());
+    println!("bundle:           {shown}");
     println!("compatible:       {}", manifest.compatible);
     println!("version:          {}", manifest.version);
     println!("security version: {}", manifest.security_version);
@@ -301,7 +341,13 @@ fn info(path: &Path, keyring: Option<&Path>, json: bool) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-fn verify(path: &Path, keyring_dir: &Path, base_specs: &[String]) -> Result<Outcome> {
+fn verify(
+    source: &Source,
+    keyring_dir: &Path,
+    base_specs: &[String],
+    net: &Network,
+) -> Result<Outcome> {
+    let shown = source.describe();
     let keyring = Keyring::load(keyring_dir)
         .with_context(|| format!("loading the keyring {}", keyring_dir.display()))?;
     let mut bases = Vec::new();
@@ -315,16 +361,16 @@ fn verify(path: &Path, keyring_dir: &Path, base_specs: &[String]) -> Result<Outc
         .iter()
         .map(|(c, b)| (c.as_str(), b.as_slice()))
         .collect();
-    let (v, unchecked) = bundle::verify_all(&mut open_bundle(path)?, &keyring, &base_refs)
-        .map_err(|e| Refused(format!("bundle {} is not valid: {e}", path.display())))?;
+    let mut r = BufReader::with_capacity(1 << 20, source.open(net)?);
+    let (v, unchecked) = bundle::verify_all(&mut r, &keyring, &base_refs)
+        .map_err(|e| refuse_bundle(e, format!("bundle {shown} is not valid")))?;
     for class in &unchecked {
         println!(
             "delta image {class}: stored chunks checked; give --base {class}=FILE to rebuild it and check its hash"
         );
     }
     println!(
-        "bundle {} is valid: {} for {}, signed by {}",
-        path.display(),
+        "bundle {shown} is valid: {} for {}, signed by {}",
         v.manifest.version,
         v.manifest.compatible,
         hex::encode(&v.key_id)

@@ -138,9 +138,18 @@ pub enum Command {
         activated with its tries (one environment update). Reboot to try it; its boot-success \
         service confirms it with `abup mark-good`.\n\n\
         Interrupted (network, kill -9, power cut), the same command continues from the last \
-        synced chunk, asking a web server for the rest with a Range request. `abup status` \
-        shows the interrupted install; --abort drops it instead (the target stays out of \
-        rotation).\n\n\
+        synced chunk, asking a web server for the rest with a Range request. A server that \
+        ignores Range (python's http.server) sends the bundle from its start instead: abup \
+        reads it from the start once in the run, checking every chunk against its hash and \
+        writing only the chunks not on the slot yet. `abup status` shows the interrupted \
+        install; --abort drops it instead (the target stays out of rotation).\n\n\
+        URLs are fetched over https with the system's CA store (SSL_CERT_FILE, SSL_CERT_DIR, \
+        /etc/ssl/certs) and any private CA (--ca), a client certificate (--cert, --key) and \
+        headers (--header) as board.toml's [http] and the flags below say; through the proxy \
+        that https_proxy, http_proxy or all_proxy names, except for no_proxy hosts, as curl \
+        does. A redirect from https to plain http is refused. Failures that may pass (the \
+        network, HTTP 5xx, timeouts) are retried with growing waits, then exit with status 6; \
+        the rest (4xx, TLS, a changed bundle) fail at once. See docs/https.md.\n\n\
         A delta bundle (built with `abup bundle create --delta-from`) installs the same way: \
         it reads the running slot (read-only, direct I/O) for the data that did not change, \
         each base range checked against its hash. If the running slot is not the base the \
@@ -300,6 +309,86 @@ pub struct ProvisionArgs {
     /// How to show the image write's progress (as for install).
     #[arg(long, value_enum, default_value_t = crate::install::ProgressMode::Auto)]
     pub progress: crate::install::ProgressMode,
+
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+/// How bundles at http(s) URLs are fetched, on top of board.toml's `[http]` (docs/https.md).
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Fetching from http(s) URLs (board.toml [http] gives defaults)")]
+pub struct HttpArgs {
+    /// Trust the CA certificates in FILE (PEM), besides the system's store (SSL_CERT_FILE,
+    /// SSL_CERT_DIR, else /etc/ssl/certs) and board.toml's [http] ca. Repeatable.
+    #[arg(long = "ca", value_name = "FILE")]
+    pub ca: Vec<PathBuf>,
+
+    /// Present this client certificate (PEM, the chain after it) to servers that ask for
+    /// one, instead of board.toml's [http] cert. Needs --key.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+
+    /// The client certificate's private key (unencrypted PEM: PKCS#8, RSA or EC).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+
+    /// Send this header with every request to the URL's host (not to another host a
+    /// redirect leads to), e.g. 'Authorization: TargetToken 4a2c...'. Repeatable; replaces
+    /// board.toml's [http] headers of the same name. Its value is never printed or stored,
+    /// but a command line is visible to every user of the machine (ps): keep secrets in
+    /// board.toml.
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+
+    /// The most seconds the whole download may take, retries included; past it abup gives
+    /// up with exit status 6 and the same command later resumes. Default: board.toml's
+    /// [http] timeout, else no limit (a stalled connection is still dropped and retried
+    /// after 60 seconds of silence).
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<f64>,
+
+    /// Consecutive failures that may pass (connection, HTTP 5xx, 408 or 429, a timeout) to
+    /// retry before giving up with exit status 6; progress resets the count. Errors that
+    /// cannot change (4xx, TLS, a malformed answer, a changed bundle) are never retried.
+    /// Default: board.toml's [http] retries, else 5.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::board::MAX_RETRIES)))]
+    pub retries: Option<u32>,
+
+    /// Seconds before the first retry; each further one waits twice as long, at most 60.
+    /// Default: board.toml's [http] retry-wait, else 1.
+    #[arg(long, value_name = "SECONDS")]
+    pub retry_wait: Option<f64>,
+}
+
+impl HttpArgs {
+    /// The flags as settings to lay over board.toml's (`HttpConfig::overridden_by`). A bad
+    /// header is named without its value.
+    pub fn config(&self) -> anyhow::Result<crate::board::HttpConfig> {
+        use crate::board::{seconds, Header, MAX_RETRY_WAIT, MAX_TIMEOUT};
+        let headers = self
+            .headers
+            .iter()
+            .map(|h| Header::parse(h).map_err(|e| anyhow::anyhow!("--header: {e}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let secs = |what: &str, v: Option<f64>, min: f64, max: f64| {
+            v.map(|v| seconds(what, v, min, max))
+                .transpose()
+                .map_err(anyhow::Error::msg)
+        };
+        Ok(crate::board::HttpConfig {
+            ca: self.ca.clone(),
+            client_cert: self.cert.clone().zip(self.key.clone()),
+            headers,
+            timeout: secs(
+                "--timeout",
+                self.timeout,
+                crate::board::MIN_TIMEOUT,
+                MAX_TIMEOUT,
+            )?,
+            retries: self.retries,
+            retry_wait: secs("--retry-wait", self.retry_wait, 0.0, MAX_RETRY_WAIT)?,
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -518,13 +607,8 @@ pub struct InstallArgs {
     #[arg(long, value_enum, default_value_t = crate::install::ProgressMode::Auto)]
     pub progress: crate::install::ProgressMode,
 
-    /// Consecutive network failures to retry before giving up.
-    #[arg(long, default_value_t = 5, value_name = "N")]
-    pub retries: u32,
-
-    /// Seconds before the first retry; each further one waits twice as long (at most 60).
-    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
-    pub retry_wait: f64,
+    #[command(flatten)]
+    pub http: HttpArgs,
 }
 
 /// A byte count as board files write them too: digits, optionally followed by K, M, G or T
@@ -557,28 +641,51 @@ pub enum BundleOp {
         given; a delta checks every byte it reads from the base.")]
     Create(CreateArgs),
     /// Show what a bundle contains (checked against a keyring when one is given).
+    #[command(
+        long_about = "Show what a bundle contains (checked against a keyring when one \
+        is given).\n\n\
+        BUNDLE is a file, - for standard input, or an http(s) URL. Only the bundle's front is \
+        read (header, manifest and signature): from a URL with Range requests, so the payload \
+        is not downloaded (a server that ignores Range is read only as far as the front). \
+        Fetching follows board.toml's [http] when a board configuration exists, and the \
+        flags below."
+    )]
     Info {
+        /// A bundle file, - for standard input, or an http:// or https:// URL.
         #[arg(value_name = "BUNDLE")]
-        bundle: PathBuf,
+        bundle: String,
         /// Check the signature against these public keys.
         #[arg(long, value_name = "DIR")]
         keyring: Option<PathBuf>,
         /// One JSON object (with a "version" field) instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        http: HttpArgs,
     },
     /// Check a whole bundle: signature, every chunk, every image hash.
+    #[command(
+        long_about = "Check a whole bundle: signature, every chunk, every image \
+        hash.\n\n\
+        BUNDLE is a file, - for standard input, or an http(s) URL, read once front to back. \
+        The signature is checked against --keyring, else the board's keyring (board.toml's \
+        [install] keyring, as install uses it). A damaged or refused bundle exits with status \
+        4, as install does; a URL that cannot be read after the retries, with 6."
+    )]
     Verify {
+        /// A bundle file, - for standard input, or an http:// or https:// URL.
         #[arg(value_name = "BUNDLE")]
-        bundle: PathBuf,
-        /// Directory of public keys to accept.
-        #[arg(long, value_name = "DIR", required = true)]
-        keyring: PathBuf,
+        bundle: String,
+        /// Directory of public keys to accept (default: the board's keyring).
+        #[arg(long, value_name = "DIR")]
+        keyring: Option<PathBuf>,
         /// The base a delta image was built against (CLASS=FILE, or FILE for rootfs): the
         /// image is then rebuilt and its hash checked. Without it only a delta's stored
         /// chunks are checked.
         #[arg(long = "base", value_name = "[CLASS=]FILE")]
         bases: Vec<String>,
+        #[command(flatten)]
+        http: HttpArgs,
     },
 }
 

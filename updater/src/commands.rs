@@ -10,9 +10,9 @@ use bootcount::SlotId;
 use crate::board::Board;
 use crate::booted;
 use crate::bootenv::{Assignment, Environment, Location};
-use crate::cli::{Cli, Command, EnvArgs, EnvFiles, EnvOp, GenerateOp, InstallArgs};
+use crate::cli::{Cli, Command, EnvArgs, EnvFiles, EnvOp, GenerateOp, HttpArgs, InstallArgs};
 use crate::slotstate;
-use crate::source::{Retry, Source};
+use crate::source::{Network, Source};
 use crate::state::floor::{self, Floor};
 use crate::state::history::{Entry, Event};
 use crate::state::StateDir;
@@ -38,7 +38,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Provision(args) => provision(&cli.config, args),
         Command::SplitRoot(args) => split_root(&cli.config, args),
         Command::Keygen { secret, public } => crate::bundle_cmd::keygen(&secret, &public),
-        Command::Bundle(op) => crate::bundle_cmd::run(op),
+        Command::Bundle(op) => crate::bundle_cmd::run(op, &cli.config),
         Command::Generate(op) => generate(op),
         Command::SecurityFloor { set } => security_floor(&load_board(&cli.config)?, set),
     }
@@ -46,6 +46,13 @@ pub fn run(cli: Cli) -> Result<Outcome> {
 
 fn load_board(path: &Path) -> Result<Board> {
     Ok(Board::load(path)?)
+}
+
+/// How bundles at URLs are fetched: the board's `[http]` (if there is a board) with the
+/// command line's flags laid over it; the deadline of `--timeout` starts now.
+pub fn network(board: Option<&Board>, args: &HttpArgs) -> Result<Network> {
+    let base = board.map(|b| b.http.clone()).unwrap_or_default();
+    Ok(Network::new(base.overridden_by(args.config()?)))
 }
 
 fn cmdline() -> Result<String> {
@@ -594,12 +601,6 @@ fn install_or_abort(
             dry_run: None,
         });
     }
-    if !(args.retry_wait.is_finite() && args.retry_wait >= 0.0) {
-        bail!(
-            "--retry-wait must be a number of seconds, not {}",
-            args.retry_wait
-        );
-    }
     let Some(source) = args.source.as_deref() else {
         bail!("name the bundle to install, or give --abort");
     };
@@ -607,10 +608,7 @@ fn install_or_abort(
         source: Source::parse(source),
         keyring: args.keyring,
         target: args.slot,
-        retry: Retry {
-            attempts: args.retries,
-            first_wait: std::time::Duration::from_secs_f64(args.retry_wait),
-        },
+        network: network(Some(board), &args.http)?,
         progress: args.progress,
         fallback: args.fallback.as_deref().map(Source::parse),
         max_download: args.max_download,
@@ -644,10 +642,7 @@ fn provision(config: &Path, args: crate::cli::ProvisionArgs) -> Result<Outcome> 
         both: args.both,
         force: args.force,
         keyring: args.keyring,
-        retry: Retry {
-            attempts: 5,
-            first_wait: std::time::Duration::from_secs(1),
-        },
+        network: network(Some(&board), &args.http)?,
         progress: if args.json {
             crate::install::ProgressMode::None
         } else {

@@ -335,7 +335,7 @@ fn decode_error(image: &Image, k: usize, message: String) -> Error {
 }
 
 /// The stored bytes of chunk `k` against the manifest's hash, before anything decodes them.
-fn check_stored(image: &Image, k: usize, stored: &[u8]) -> Result<()> {
+pub fn check_stored(image: &Image, k: usize, stored: &[u8]) -> Result<()> {
     let expected = image.chunks.get(k).map_or([0; 32], |c| c.sha256);
     let found: [u8; 32] = Sha256::digest(stored).into();
     if found != expected {

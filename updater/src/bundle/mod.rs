@@ -33,7 +33,7 @@ mod manifest;
 mod read;
 
 pub use create::{create, write_front, CreateOptions, ImageSource};
-pub use decode::{decode_chunk, read_base, Decoder, ReadAt, PATCH_WINDOW_LOG_MAX};
+pub use decode::{check_stored, decode_chunk, read_base, Decoder, ReadAt, PATCH_WINDOW_LOG_MAX};
 pub use keys::{generate_key, Keyring, PublicKey, SecretKey};
 pub use manifest::{
     extents_len, Base, Chunk, ChunkRef, Compression, Extent, Image, ImageKind, Manifest, Op,

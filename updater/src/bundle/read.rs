@@ -257,16 +257,7 @@ pub fn verify_all<R: Read + ?Sized>(
         } else if image.chunks[chunk.index].op == super::Op::Data {
             decoder.decode(image, chunk.index, &stored, &mut data)?;
         } else if image.chunks[chunk.index].op.stores() {
-            let found: [u8; 32] = Sha256::digest(&stored).into();
-            let expected = image.chunks[chunk.index].sha256;
-            if found != expected {
-                return Err(Error::ChunkHash {
-                    slot_class: image.slot_class.clone(),
-                    chunk: chunk.index,
-                    expected,
-                    found,
-                });
-            }
+            super::check_stored(image, chunk.index, &stored)?;
         }
         if chunk.index + 1 == image.chunks.len() {
             rebuilt = Vec::new();

@@ -28,8 +28,9 @@ use bootcount::SlotId;
 
 use crate::board::Board;
 use crate::bootenv::{Environment, Location};
+use crate::bundle;
 use crate::slotstate;
-use crate::source::{BundleReader, Retry, Source};
+use crate::source::{BundleReader, Network, Source};
 use crate::state::history::{Entry, Event};
 use crate::state::journal::Phase;
 use crate::state::records::{LastInstall, SlotBundle};
@@ -57,7 +58,8 @@ pub struct Options {
     pub keyring: Option<std::path::PathBuf>,
     /// The slot to write, when the board has more than one that is not running.
     pub target: Option<String>,
-    pub retry: Retry,
+    /// Trust, credentials, retries and the deadline for bundles at URLs.
+    pub network: Network,
     pub progress: ProgressMode,
     /// The full bundle of the same release, for the chunks a delta cannot rebuild.
     pub fallback: Option<Source>,
@@ -86,6 +88,17 @@ pub struct NotConfirmed(pub String);
 
 fn refuse(msg: String) -> anyhow::Error {
     Refused(msg).into()
+}
+
+/// A bundle that could not be read and checked, as `what` says: refused (exit status 4) when
+/// the fault is the bundle's own, else the error as it is, so that a source that failed keeps
+/// its own status (6 for one that may pass).
+pub fn refuse_bundle(e: bundle::Error, what: String) -> anyhow::Error {
+    if e.is_bundle_fault() {
+        refuse(format!("{what}: {e}"))
+    } else {
+        anyhow::Error::from(e).context(what)
+    }
 }
 
 /// What was installed where.
@@ -303,7 +316,9 @@ fn begin(state: &StateDir, plan: &Plan) -> Result<Phase> {
 
 /// The payload, chunk by chunk from `start`, each chunk checked against its hash before it is
 /// written; synced and journalled every `CHECKPOINT_BYTES`. A cut: the journal names the last
-/// synced chunk; the next run continues there (file: seek; URL: Range request). Alongside,
+/// synced chunk; the next run continues there (file: seek; URL: Range request; a server that
+/// ignores Range sends the bundle from its start: its front must be the one planned with, and
+/// the chunks before `start` are read and checked against their hashes, not written). Alongside,
 /// every synced region is read back from the disk into the image's SHA-256 (on a resumed run,
 /// what earlier runs wrote too). Then the first blocks, exactly the bytes that were hashed,
 /// synced and read back, and the journal says the slot is verified.
@@ -315,9 +330,23 @@ fn write(
     progress: &mut Progress,
 ) -> Result<()> {
     let manifest = &plan.bundle.manifest;
-    reader
-        .skip_to(plan.bundle.payload_offset + manifest.chunk_offset(start.0, start.1))
+    let resume_at = plan.bundle.payload_offset + manifest.chunk_offset(start.0, start.1);
+    let at = reader
+        .skip_to(resume_at)
         .context("moving to where the interrupted install stopped")?;
+    let read_from = if at == resume_at {
+        start
+    } else {
+        let front = bundle::read_unverified(&mut reader)
+            .context("reading the bundle again from its start")?;
+        if front.manifest_sha256 != plan.bundle.manifest_sha256 {
+            anyhow::bail!(
+                "the bundle changed on the server since this install began (another manifest); \
+                 start the install again"
+            );
+        }
+        (0, 0)
+    };
     let checkpoint = |image, next_chunk| {
         state.save_journal(
             &plan.bundle_id,
@@ -330,7 +359,7 @@ fn write(
         &plan.sources,
         &plan.devices,
         reader,
-        start,
+        (read_from, start),
         state,
         checkpoint,
         progress,

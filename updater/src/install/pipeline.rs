@@ -103,6 +103,9 @@ fn decoders() -> usize {
 /// by reading it back from the disk. Each chunk's stored bytes are checked against the
 /// manifest before they are decoded, and the decoded length against the chunk's; the first
 /// [`FIRST_BLOCK`] bytes of each image go to the state directory instead of the disk.
+/// `reader` stands at chunk `read_from` (`start`, or an earlier chunk when the download had
+/// to start over): the chunks before `start` are only read and checked, never written, since
+/// earlier runs wrote them and the read-back checks what they left.
 /// `checkpoint(image, next_chunk)` is called once the data before that point is synced.
 ///
 /// Returns each image's first block exactly as it was hashed: read from the state directory
@@ -114,7 +117,7 @@ pub fn write_payload(
     sources: &Sources,
     devices: &[Device],
     mut reader: BundleReader,
-    start: (usize, usize),
+    (read_from, start): ((usize, usize), (usize, usize)),
     state: &StateDir,
     mut checkpoint: impl FnMut(usize, usize) -> Result<()>,
     progress: &mut Progress,
@@ -125,6 +128,10 @@ pub fn write_payload(
         .filter(|c| (c.image, c.index) >= start)
         .collect();
     let work: Vec<(usize, usize)> = refs.iter().map(|c| (c.image, c.index)).collect();
+    let written_before: Vec<bundle::ChunkRef> = manifest
+        .chunks()
+        .filter(|c| (c.image, c.index) >= read_from && (c.image, c.index) < start)
+        .collect();
     // What earlier runs wrote is read back like the rest: never trust bytes unverified.
     let on_disk = |i: usize| -> u64 {
         if i < start.0 {
@@ -164,7 +171,30 @@ pub fn write_payload(
         let (work, refs) = (&work, &refs);
         let (verified, downloaded) = (&verified, &downloaded);
         let (stored_pool, decoded_pool) = (&stored_pool, &decoded_pool);
+        let written_before = &written_before;
         scope.spawn(move || {
+            let mut buf = Vec::new();
+            for chunk in written_before {
+                let checked = bundle::read_stored(&mut reader, chunk, payload_offset, &mut buf)
+                    .and_then(|()| {
+                        let image = &manifest.images[chunk.image];
+                        match image.chunks[chunk.index].op.stores() {
+                            true => bundle::check_stored(image, chunk.index, &buf),
+                            false => Ok(()),
+                        }
+                    })
+                    .with_context(|| {
+                        format!(
+                            "reading chunk {} of the {} image again",
+                            chunk.index, manifest.images[chunk.image].slot_class
+                        )
+                    });
+                if let Err(e) = checked {
+                    let _ = stored_tx.send((0, Err(e)));
+                    return;
+                }
+            }
+            drop(buf);
             for (seq, chunk) in refs.iter().enumerate() {
                 let Some(mut buf) = stored_pool.take() else {
                     return;

@@ -12,7 +12,7 @@ use super::hooks::HookEnv;
 use super::progress::Progress;
 use super::sources::{Fallback, Sources};
 use super::target::{self, Device};
-use super::{hex, refuse, NotConfirmed, Options};
+use super::{hex, refuse, refuse_bundle, NotConfirmed, Options};
 use crate::board::Board;
 use crate::booted;
 use crate::bootenv::{Environment, Location};
@@ -168,9 +168,9 @@ pub fn plan(
     if let Some(fallback_source) = &opts.fallback {
         if manifest.images.iter().any(|i| i.kind.base().is_some()) {
             let describe = crate::state::redact(&fallback_source.describe());
-            let mut fb_reader = fallback_source.open(opts.retry)?;
+            let mut fb_reader = fallback_source.open(&opts.network)?;
             let fb = bundle::read_verified(&mut fb_reader, &keyring)
-                .map_err(|e| refuse(format!("fallback bundle {describe} refused: {e}")))?;
+                .map_err(|e| refuse_bundle(e, format!("fallback bundle {describe} refused")))?;
             let fallback = Fallback::new(fb_reader, fb, manifest, opts.max_download, describe)
                 .map_err(|e| refuse(format!("{e:#}")))?;
             sources.fallback = Some(fallback);
@@ -239,10 +239,10 @@ fn verify(
     let keyring = Keyring::load(keyring_dir)
         .with_context(|| format!("loading the keyring {}", keyring_dir.display()))?;
     progress.phase(super::ProgressPhase::Plan);
-    let mut reader = opts.source.open(opts.retry)?;
+    let mut reader = opts.source.open(&opts.network)?;
     let source = crate::state::redact(&opts.source.describe());
     let verified = bundle::read_verified(&mut reader, &keyring)
-        .map_err(|e| refuse(format!("bundle {source} refused: {e}")))?;
+        .map_err(|e| refuse_bundle(e, format!("bundle {source} refused")))?;
     let manifest = &verified.manifest;
     progress.bundle(
         &manifest.version,
@@ -252,7 +252,7 @@ fn verify(
     );
     progress.downloaded(reader.position());
     bundle::check_installable(manifest)
-        .map_err(|e| refuse(format!("bundle {source} refused: {e}")))?;
+        .map_err(|e| refuse_bundle(e, format!("bundle {source} refused")))?;
 
     if manifest.compatible != board.compatible {
         return Err(refuse(format!(

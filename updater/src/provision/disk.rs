@@ -28,7 +28,7 @@ use crate::bootenv::{Assignment, Location};
 use crate::disk::layout::{self, Filesystem, Partition, Placed, Size};
 use crate::disk::table;
 use crate::install::{self, ProgressMode, Refused};
-use crate::source::{Retry, Source};
+use crate::source::{Network, Source};
 use crate::state::StateDir;
 
 #[derive(Debug, Clone)]
@@ -42,7 +42,7 @@ pub struct Options {
     /// Overwrite a disk that holds partitions or filesystems.
     pub force: bool,
     pub keyring: Option<PathBuf>,
-    pub retry: Retry,
+    pub network: Network,
     pub progress: ProgressMode,
 }
 
@@ -155,7 +155,7 @@ pub fn provision(board: &Board, board_dir: &Path, opts: &Options) -> Result<Summ
                         source: bundle.clone(),
                         keyring: opts.keyring.clone(),
                         target: Some(name.clone()),
-                        retry: opts.retry,
+                        network: opts.network.clone(),
                         progress: opts.progress,
                         fallback: None,
                         max_download: None,

@@ -3,6 +3,7 @@
 
 pub mod fixture;
 pub mod http;
+pub mod net;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -88,6 +89,19 @@ pub fn abup_with(args: &[&str], env: &[(&str, &OsStr)]) -> Output {
     cmd.args(args)
         .env_remove("ABUP_CONFIG")
         .env_remove("ABUP_PROC_CMDLINE");
+    // The tests' servers are on this machine: a proxy the machine is set up with is not
+    // theirs (the proxy tests set their own).
+    for var in [
+        "http_proxy",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+        "no_proxy",
+        "NO_PROXY",
+    ] {
+        cmd.env_remove(var);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
