@@ -537,29 +537,38 @@ fn the_base_is_read_from_the_medium_not_from_a_mounted_filesystems_cache() {
     assert_eq!(f.slot("A"), v1, "the running slot was only read");
 }
 
-/// A delta's zero chunks are zeroed by the device (fallocate on the block device: the
-/// device's write-zeroes, or the kernel's zero page), not sent through the write path; where
-/// a slot cannot (a file on tmpfs), they are written as zeros. Either way slot B held other
-/// data before, and the read-back finds exactly the new image.
+/// A delta's zero chunks, and a full bundle's data chunks that decode to zeros, are zeroed
+/// by the device (fallocate on the block device: the device's write-zeroes, or the kernel's
+/// zero page), not sent through the write path; where a slot cannot (a file on tmpfs), they
+/// are written as zeros. Either way slot B held other data before, and the read-back finds
+/// exactly the new image.
 #[test]
 fn zero_chunks_are_zeroed_on_the_target_whatever_it_held() {
     if !(common::is_root() && common::have("losetup")) {
         return;
     }
-    for on_loop in [true, false] {
+    for (on_loop, delta) in [(true, true), (false, true), (true, false)] {
         let f = if on_loop {
             Fixture::new(SLOT, "")
         } else {
             Fixture::in_memory(SLOT, "")
         };
         let new = next_release(&f.slot("A"));
-        let d = f.delta_bundle("delta.abup", &f.slot("A"), &new, "2.0");
+        let d = if delta {
+            f.delta_bundle("delta.abup", &f.slot("A"), &new, "2.0")
+        } else {
+            f.bundle("full.abup", &new, "2.0", 0)
+        };
         let zeros = manifest(&d).images[0]
             .chunks
             .iter()
             .filter(|c| c.op == abup::bundle::Op::Zero)
             .count();
-        assert!(zeros >= 2, "the delta has a run of zero chunks ({zeros})");
+        if delta {
+            assert!(zeros >= 2, "the delta has a run of zero chunks ({zeros})");
+        } else {
+            assert_eq!(zeros, 0, "a full image stores its zeros as data");
+        }
         std::fs::write(f.t.path("slot-b"), image(SLOT as usize, 7)).unwrap();
         let _attached = on_loop.then(|| {
             let dev = common::run_ok(

@@ -1,11 +1,15 @@
 //! Moving the payload onto the disk and checking it there.
 //!
-//! Chunks are independent zstd frames, so decoding (the expensive part, about 400 MB/s per
-//! core on root filesystem data) runs on every core while one thread reads the bundle and the
-//! caller's thread writes in order. Written data is synced at checkpoints; after each one a
-//! verifier thread reads that region back from the disk and feeds it to the image's SHA-256,
-//! so the read-back of the whole slot overlaps the writing instead of following it. Memory
-//! stays bounded by the channel depths and two staging buffers, whatever the image size.
+//! Chunks are independent zstd frames, so decoding runs on every core while one thread reads
+//! the bundle (from a file or the network) and the caller's thread puts the chunks in order
+//! into large aligned buffers that a write thread sends to the disk. Runs of zeros are not
+//! sent: the device zeros them itself. Written data is synced at checkpoints; after each one
+//! a read-back thread reads that region from the disk (O_DIRECT, so the disk, not the page
+//! cache) and hands it to the hashing thread, which feeds the image's SHA-256: the read-back
+//! of the whole slot overlaps the writing instead of following it. That hash, one sequential
+//! pass over the image, is the install's critical path, so the decoders run at a lower
+//! priority than it. Memory stays bounded by the channel depths and a fixed set of buffers,
+//! whatever the image size.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -94,6 +98,9 @@ fn stored_buffers() -> usize {
 fn decoded_buffers() -> usize {
     DEPTH + decoders() + 1
 }
+
+/// How much lower decoder threads run than the rest of the install (see [`decode_loop`]).
+const DECODER_NICE: i32 = 5;
 
 fn decoders() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
@@ -284,8 +291,8 @@ pub fn write_payload(
 }
 
 /// The caller's thread: chunks in order (the reader and decoders run ahead by at most a few),
-/// staged into large aligned writes, synced at checkpoints, which are then journalled and
-/// handed to the verifier.
+/// staged into large aligned writes that a thread of their own sends to the disk, synced at
+/// checkpoints, which are then journalled and handed to the verifier.
 #[allow(clippy::too_many_arguments)]
 fn write_in_order(
     manifest: &Manifest,
@@ -299,127 +306,253 @@ fn write_in_order(
     checkpoint: &mut impl FnMut(usize, usize) -> Result<()>,
     advance: &mut impl FnMut(u64),
 ) -> Result<()> {
-    let mut stage = Stage::new()?;
-    let mut pending: BTreeMap<usize, Result<Vec<u8>>> = BTreeMap::new();
-    let mut since_sync: u64 = 0;
-    // The image the stage's position is in: the last one pushed.
-    let mut staged_image: Option<usize> = None;
-    for (seq, &(i, k)) in work.iter().enumerate() {
-        // A patch that reads back its image's bytes still staged here would wait for them
-        // forever: they go to the disk, and the decoders learn how far the disk holds the
-        // image (a checkpoint may have flushed more), before the writer waits for that
-        // chunk. Decided by the manifest alone, so a run's writes are the same every time.
-        let reads_to = manifest.images[i].chunks[k]
-            .op
-            .target_extents()
-            .iter()
-            .map(|e| e.offset + e.len)
-            .max();
-        if let Some(end) = reads_to {
-            if !stage.is_empty() && end > stage.on_disk() {
-                stage.flush(&devices[i])?;
-            }
-            if staged_image == Some(i) {
-                sources.written.advance(i, stage.on_disk());
-            }
-        }
-        let data = loop {
-            if let Some(d) = pending.remove(&seq) {
-                break d?;
-            }
-            let (s, d) = decoded_rx
-                .recv()
-                .map_err(|_| anyhow!("the bundle reader stopped before chunk {k} of image {i}"))?;
-            pending.insert(s, d);
+    let (ops_tx, ops_rx) = sync_channel::<Op>(1);
+    let (free_tx, free_rx) = sync_channel::<memmap2::MmapMut>(STAGE_BUFFERS);
+    for _ in 0..STAGE_BUFFERS {
+        let _ = free_tx.try_send(aligned_buffer(STAGE)?);
+    }
+    std::thread::scope(|scope| {
+        scope.spawn(move || write_ops(devices, sources, ops_rx, free_tx));
+        let mut stage = Stage {
+            ops: ops_tx,
+            free: free_rx,
+            buf: None,
+            image: 0,
+            start: 0,
+            len: 0,
+            zeros: 0,
         };
-        let image = &manifest.images[i];
-        let range = image.chunk_range(k);
-        let device = &devices[i];
-        if range.start < FIRST_BLOCK {
-            // Held back: durable in the state directory before the journal can claim it.
-            let held = (FIRST_BLOCK - range.start).min(data.len() as u64) as usize;
-            state.hold_block(i, &data[..held])?;
-            stage.push(device, range.start + held as u64, &data[held..])?;
-        } else if image.chunks[k].op == bundle::Op::Zero {
-            stage.push_zeros(device, range.start, data.len() as u64)?;
-        } else {
-            stage.push(device, range.start, &data)?;
-        }
-        staged_image = Some(i);
-        if sources.targets.get(i).is_some_and(Option::is_some) {
-            sources.written.advance(i, stage.on_disk());
-        }
-        since_sync += data.len() as u64;
-        advance(data.len() as u64);
-        pool.give(data);
-        let image_done = k + 1 == image.chunks.len();
-        if since_sync >= CHECKPOINT_BYTES.min(image.size / 8) || image_done {
-            stage.flush(device)?;
-            device.sync()?;
-            since_sync = 0;
-            if image_done {
-                checkpoint(i + 1, 0)?;
-            } else {
-                checkpoint(i, k + 1)?;
+        let mut pending: BTreeMap<usize, Result<Vec<u8>>> = BTreeMap::new();
+        let mut since_sync: u64 = 0;
+        let written = (|| -> Result<()> {
+            for (seq, &(i, k)) in work.iter().enumerate() {
+                // A patch that reads back its image's bytes still staged here would wait for them
+                // forever: they go to the disk (the write thread tells the decoders how far the
+                // disk holds the image) before the writer waits for that chunk. Decided by the
+                // manifest alone, so a run's writes are the same every time.
+                let reads_to = manifest.images[i].chunks[k]
+                    .op
+                    .target_extents()
+                    .iter()
+                    .map(|e| e.offset + e.len)
+                    .max();
+                if reads_to.is_some_and(|end| end > stage.sent(i)) {
+                    stage.send()?;
+                }
+                let data = loop {
+                    if let Some(d) = pending.remove(&seq) {
+                        break d?;
+                    }
+                    let (s, d) = decoded_rx.recv().map_err(|_| {
+                        anyhow!("the bundle reader stopped before chunk {k} of image {i}")
+                    })?;
+                    pending.insert(s, d);
+                };
+                let image = &manifest.images[i];
+                let range = image.chunk_range(k);
+                if range.start < FIRST_BLOCK {
+                    // Held back: durable in the state directory before the journal can claim it.
+                    // The write thread is idle here (an image's first chunk follows a checkpoint),
+                    // so the order of durable writes is the same in every run.
+                    let held = (FIRST_BLOCK - range.start).min(data.len() as u64) as usize;
+                    state.hold_block(i, &data[..held])?;
+                    stage.push(i, range.start + held as u64, &data[held..])?;
+                } else if image.chunks[k].op == bundle::Op::Zero || is_zero(&data) {
+                    // A full image's free space arrives as data chunks of zeros: the device zeros
+                    // them itself, as it does a delta's zero chunks, and the read-back checks them
+                    // all the same.
+                    stage.push_zeros(i, range.start, data.len() as u64)?;
+                } else {
+                    stage.push(i, range.start, &data)?;
+                }
+                since_sync += data.len() as u64;
+                advance(data.len() as u64);
+                pool.give(data);
+                let image_done = k + 1 == image.chunks.len();
+                if since_sync >= CHECKPOINT_BYTES.min(image.size / 8) || image_done {
+                    stage.send()?;
+                    stage.wait()?;
+                    devices[i].sync()?;
+                    since_sync = 0;
+                    if image_done {
+                        checkpoint(i + 1, 0)?;
+                    } else {
+                        checkpoint(i, k + 1)?;
+                    }
+                    // The verifier stops early on a mismatch; its error is the one that matters.
+                    let _ = verify_tx.send((i, range.end));
+                }
             }
-            // The verifier stops early on a mismatch; its error is the one that matters.
-            let _ = verify_tx.send((i, range.end));
+            Ok(())
+        })();
+        // A failed write also stops what waited for it (a patch reading the image back):
+        // the write's error is the one that says what happened.
+        written.or_else(|e| stage.wait().and(Err(e)))
+    })
+}
+
+/// Whether `data` holds only zeros. Data that does not is usually told by its first bytes;
+/// a block at a time, the OR of its bytes compiles to vector instructions.
+fn is_zero(data: &[u8]) -> bool {
+    data.chunks(4096)
+        .all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
+}
+
+/// Stage buffers: one being filled, one queued, one being written, so the disk is never
+/// kept waiting by the copying and the copying never by the disk.
+const STAGE_BUFFERS: usize = 2;
+
+/// What the write thread does, in order.
+enum Op {
+    /// `len` bytes of `buf` at `at` of image `image`'s device.
+    Write {
+        image: usize,
+        at: u64,
+        buf: memmap2::MmapMut,
+        len: usize,
+    },
+    /// A run of zeros: zeroed by the device where it can, else written.
+    Zero { image: usize, at: u64, len: u64 },
+    /// Everything before is done: the result (the first error, if any) goes back.
+    Done(SyncSender<Result<()>>),
+}
+
+/// The write thread: performs the ops in order and tells the decoders how far each image is
+/// on its device. After an error it only hands buffers back, and reports the error at the
+/// next [`Op::Done`].
+fn write_ops(
+    devices: &[Device],
+    sources: &Sources,
+    ops: Receiver<Op>,
+    free: SyncSender<memmap2::MmapMut>,
+) {
+    let mut failed: Option<anyhow::Error> = None;
+    let mut zero_buf: Option<memmap2::MmapMut> = None;
+    for op in ops {
+        let (image, end, result) = match op {
+            Op::Write {
+                image,
+                at,
+                buf,
+                len,
+            } => {
+                let r = match failed {
+                    None => devices[image].write_aligned(at, &buf[..len]),
+                    Some(_) => Ok(()),
+                };
+                let _ = free.try_send(buf);
+                (image, at + len as u64, r)
+            }
+            Op::Zero { image, at, len } => {
+                let r = match failed {
+                    None => zero(&devices[image], at, len, &mut zero_buf),
+                    Some(_) => Ok(()),
+                };
+                (image, at + len, r)
+            }
+            Op::Done(reply) => {
+                let _ = reply.send(failed.take().map_or(Ok(()), Err));
+                continue;
+            }
+        };
+        match result {
+            Ok(()) if failed.is_none() => {
+                if sources.targets.get(image).is_some_and(Option::is_some) {
+                    sources.written.advance(image, end);
+                }
+            }
+            Ok(()) => {}
+            Err(e) => {
+                // Nothing waits for bytes that will not come.
+                sources.written.stop();
+                failed = Some(e);
+            }
         }
+    }
+}
+
+/// Zeros `len` bytes at `at`: what the device cannot zero itself (tmpfs, an unaligned end) is
+/// written as zeros from `buf`, allocated the first time it is needed.
+fn zero(device: &Device, at: u64, len: u64, buf: &mut Option<memmap2::MmapMut>) -> Result<()> {
+    let whole = len / ALIGN * ALIGN;
+    let zeroed = match device.zero_out(at, whole) {
+        Ok(()) => whole,
+        Err(e) => {
+            log::debug!(
+                "{}: cannot zero a range ({e}); writing zeros",
+                device.path.display()
+            );
+            0
+        }
+    };
+    let (mut at, mut left) = (at + zeroed, len - zeroed);
+    while left > 0 {
+        let buf = match buf {
+            Some(b) => b,
+            None => buf.insert(aligned_buffer(STAGE)?),
+        };
+        let n = (left as usize).min(STAGE);
+        device.write_aligned(at, &buf[..n])?;
+        at += n as u64;
+        left -= n as u64;
     }
     Ok(())
 }
 
-/// Contiguous chunk data gathered into one aligned buffer, written in [`STAGE`] pieces; or a
-/// run of a delta's zero chunks, which the device zeros itself without being sent them (on
-/// a root filesystem image, often more than a third of the slot).
+/// Contiguous chunk data gathered into one aligned buffer, sent to the write thread in
+/// [`STAGE`] pieces; or a run of zero chunks, which the device zeros itself without being sent
+/// them (on a root filesystem image, often more than a third of the slot).
 struct Stage {
-    buf: memmap2::MmapMut,
+    ops: SyncSender<Op>,
+    free: Receiver<memmap2::MmapMut>,
+    buf: Option<memmap2::MmapMut>,
+    image: usize,
     start: u64,
     len: usize,
     zeros: u64,
 }
 
 impl Stage {
-    fn new() -> Result<Stage> {
-        Ok(Stage {
-            buf: aligned_buffer(STAGE)?,
-            start: 0,
-            len: 0,
-            zeros: 0,
-        })
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len == 0 && self.zeros == 0
-    }
-
-    fn push(&mut self, device: &Device, mut at: u64, mut data: &[u8]) -> Result<()> {
-        if self.zeros > 0 {
-            self.flush(device)?;
+    fn push(&mut self, image: usize, mut at: u64, mut data: &[u8]) -> Result<()> {
+        if self.zeros > 0 || image != self.image {
+            self.send()?;
         }
+        self.image = image;
         while !data.is_empty() {
             if self.len > 0 && at != self.start + self.len as u64 {
-                self.flush(device)?;
+                self.send()?;
             }
             if self.len == 0 {
                 self.start = at;
             }
+            let buf = match &mut self.buf {
+                Some(b) => b,
+                None => {
+                    let b = self
+                        .free
+                        .recv()
+                        .map_err(|_| anyhow!("the write thread stopped"))?;
+                    self.buf.insert(b)
+                }
+            };
             let n = data.len().min(STAGE - self.len);
-            self.buf[self.len..self.len + n].copy_from_slice(&data[..n]);
+            buf[self.len..self.len + n].copy_from_slice(&data[..n]);
             self.len += n;
             at += n as u64;
             data = &data[n..];
             if self.len == STAGE {
-                self.flush(device)?;
+                self.send()?;
             }
         }
         Ok(())
     }
 
-    fn push_zeros(&mut self, device: &Device, at: u64, len: u64) -> Result<()> {
-        if self.len > 0 || (self.zeros > 0 && at != self.start + self.zeros) {
-            self.flush(device)?;
+    fn push_zeros(&mut self, image: usize, at: u64, len: u64) -> Result<()> {
+        if self.len > 0 || image != self.image || (self.zeros > 0 && at != self.start + self.zeros)
+        {
+            self.send()?;
         }
+        self.image = image;
         if self.zeros == 0 {
             self.start = at;
         }
@@ -427,42 +560,52 @@ impl Stage {
         Ok(())
     }
 
-    fn flush(&mut self, device: &Device) -> Result<()> {
-        if self.len > 0 {
-            device.write_aligned(self.start, &self.buf[..self.len])?;
+    /// Hands what is staged to the write thread.
+    fn send(&mut self) -> Result<()> {
+        let op = if self.len > 0 {
+            let buf = self.buf.take().ok_or_else(|| anyhow!("no stage buffer"))?;
+            let op = Op::Write {
+                image: self.image,
+                at: self.start,
+                buf,
+                len: self.len,
+            };
             self.start += self.len as u64;
             self.len = 0;
-        }
-        if self.zeros > 0 {
-            let whole = self.zeros / ALIGN * ALIGN;
-            let zeroed = match device.zero_out(self.start, whole) {
-                Ok(()) => whole,
-                Err(e) => {
-                    log::debug!(
-                        "{}: cannot zero a range ({e}); writing zeros",
-                        device.path.display()
-                    );
-                    0
-                }
+            op
+        } else if self.zeros > 0 {
+            let op = Op::Zero {
+                image: self.image,
+                at: self.start,
+                len: self.zeros,
             };
-            self.start += zeroed;
-            self.zeros -= zeroed;
-            // What the device could not zero (tmpfs, an unaligned end) is written as zeros.
-            while self.zeros > 0 {
-                let n = (self.zeros as usize).min(STAGE);
-                self.buf[..n].fill(0);
-                device.write_aligned(self.start, &self.buf[..n])?;
-                self.start += n as u64;
-                self.zeros -= n as u64;
-            }
-        }
-        Ok(())
+            self.start += self.zeros;
+            self.zeros = 0;
+            op
+        } else {
+            return Ok(());
+        };
+        self.ops
+            .send(op)
+            .map_err(|_| anyhow!("the write thread stopped"))
     }
 
-    /// Where the device's copy of what was pushed ends, in the image of the last push: what
-    /// is still staged is not there.
-    fn on_disk(&self) -> u64 {
-        self.start
+    /// Waits until the write thread has done everything it was sent; its first error.
+    fn wait(&mut self) -> Result<()> {
+        let (tx, rx) = sync_channel(1);
+        self.ops
+            .send(Op::Done(tx))
+            .map_err(|_| anyhow!("the write thread stopped"))?;
+        rx.recv().map_err(|_| anyhow!("the write thread stopped"))?
+    }
+
+    /// How far image `image` has been sent to the write thread: what is still staged is not.
+    fn sent(&self, image: usize) -> u64 {
+        if image == self.image {
+            self.start
+        } else {
+            0
+        }
     }
 }
 
@@ -489,6 +632,13 @@ fn decode_loop(
         }
     };
     let mut window = Vec::new();
+    // The install's pace is set by the read-back's SHA-256, one sequential hash of the whole
+    // image at about 2 GB/s that only one core can compute; decoding has slack, so it yields
+    // (on Linux the nice value is the thread's). Measured in bench/install: a 1 GiB install
+    // took 10% less.
+    if let Err(e) = rustix::process::nice(DECODER_NICE) {
+        log::debug!("decoder thread keeps its priority: {e}");
+    }
     loop {
         // The output buffer is taken while the job queue is held, so buffers go to chunks in
         // order: the oldest chunk always has one and the writer can always move on.
@@ -524,9 +674,15 @@ fn decode_loop(
     }
 }
 
+/// Read-back buffers: one being read, one being hashed, one ready, so the disk and the hash
+/// each run at their own speed (on a 1 GiB image each takes about half a second here, and in
+/// turn they took the sum).
+const READ_BUFFERS: usize = 2;
+
 /// Reads each image back from the disk as far as the writer has synced it, in order, into
 /// the image's SHA-256; the held-back first block, read once from the state directory, stands
 /// in for the zeros still on the disk. At each image's end the digest must be the manifest's.
+/// One thread reads while this one hashes what it read before.
 /// Returns the held-back blocks that were hashed.
 fn verify_loop(
     manifest: &Manifest,
@@ -535,38 +691,78 @@ fn verify_loop(
     ranges: Receiver<(usize, u64)>,
     verified: &AtomicU64,
 ) -> Result<Vec<Vec<u8>>> {
-    let mut buf = aligned_buffer(STAGE)?;
-    let mut hashers: Vec<(Sha256, u64)> =
-        manifest.images.iter().map(|_| (Sha256::new(), 0)).collect();
-    let mut held: Vec<Vec<u8>> = vec![Vec::new(); manifest.images.len()];
-    for (i, end) in ranges {
-        let image = &manifest.images[i];
-        let device = &devices[i];
-        let (hasher, upto) = &mut hashers[i];
-        if *upto == 0 && end > 0 {
-            held[i] = state.held_block(i, FIRST_BLOCK.min(image.size) as usize)?;
-            hasher.update(&held[i]);
-            *upto = held[i].len() as u64;
-            verified.fetch_add(*upto, Ordering::Relaxed);
-        }
-        while *upto < end {
-            let n = ((end - *upto) as usize).min(STAGE);
-            device.read_aligned(*upto, &mut buf[..n])?;
-            hasher.update(&buf[..n]);
-            *upto += n as u64;
-            verified.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        if *upto == image.size {
-            check_digest(image, device, std::mem::take(hasher))?;
-        }
+    let (free_tx, free_rx) = sync_channel::<memmap2::MmapMut>(READ_BUFFERS);
+    for _ in 0..READ_BUFFERS {
+        let _ = free_tx.try_send(aligned_buffer(STAGE)?);
     }
-    if let Some(i) = (0..manifest.images.len()).find(|&i| hashers[i].1 < manifest.images[i].size) {
-        return Err(anyhow!(
-            "the {} image was not read back completely",
-            manifest.images[i].slot_class
-        ));
-    }
-    Ok(held)
+    // Each piece of an image as it was read, in order; an empty piece (no buffer) says the
+    // writer has synced the image that far and there was nothing more to read.
+    let (read_tx, read_rx) =
+        sync_channel::<Result<(usize, Option<(memmap2::MmapMut, usize)>)>>(READ_BUFFERS);
+    std::thread::scope(|scope| {
+        // Dropped with this closure, even on an error, so a reader waiting for a buffer wakes.
+        let free_tx = free_tx;
+        scope.spawn(move || {
+            let mut upto: Vec<u64> = manifest
+                .images
+                .iter()
+                .map(|image| FIRST_BLOCK.min(image.size))
+                .collect();
+            for (i, end) in ranges {
+                if upto[i] >= end {
+                    if read_tx.send(Ok((i, None))).is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                while upto[i] < end {
+                    let Ok(mut buf) = free_rx.recv() else { return };
+                    let n = ((end - upto[i]) as usize).min(STAGE);
+                    let piece = devices[i]
+                        .read_aligned(upto[i], &mut buf[..n])
+                        .map(|()| (i, Some((buf, n))));
+                    let failed = piece.is_err();
+                    if read_tx.send(piece).is_err() || failed {
+                        return;
+                    }
+                    upto[i] += n as u64;
+                }
+            }
+        });
+        let mut hashers: Vec<(Sha256, u64)> =
+            manifest.images.iter().map(|_| (Sha256::new(), 0)).collect();
+        let mut held: Vec<Vec<u8>> = vec![Vec::new(); manifest.images.len()];
+        for piece in read_rx {
+            let (i, read) = piece?;
+            let image = &manifest.images[i];
+            let (hasher, upto) = &mut hashers[i];
+            let before = *upto;
+            if *upto == 0 {
+                held[i] = state.held_block(i, FIRST_BLOCK.min(image.size) as usize)?;
+                hasher.update(&held[i]);
+                *upto = held[i].len() as u64;
+                verified.fetch_add(*upto, Ordering::Relaxed);
+            }
+            if let Some((buf, n)) = read {
+                hasher.update(&buf[..n]);
+                *upto += n as u64;
+                verified.fetch_add(n as u64, Ordering::Relaxed);
+                let _ = free_tx.try_send(buf);
+            }
+            if *upto == image.size && before < image.size {
+                check_digest(image, &devices[i], std::mem::take(hasher))?;
+            }
+        }
+        if let Some(i) =
+            (0..manifest.images.len()).find(|&i| hashers[i].1 < manifest.images[i].size)
+        {
+            return Err(anyhow!(
+                "the {} image was not read back completely",
+                manifest.images[i].slot_class
+            ));
+        }
+        Ok(held)
+    })
 }
 
 fn check_digest(image: &bundle::Image, device: &Device, hasher: Sha256) -> Result<()> {
