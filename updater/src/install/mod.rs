@@ -47,9 +47,11 @@ pub use state::Busy;
 pub const FIRST_BLOCK: u64 = 4096;
 
 /// How often written data is synced and the journal advanced, at most: the most an
-/// interrupted install redoes, and few enough syncs not to slow the write down. Small images
-/// checkpoint every eighth of their size instead.
-pub const CHECKPOINT_BYTES: u64 = 32 * 1024 * 1024;
+/// interrupted install redoes, and few enough syncs not to slow the write down (each stops
+/// the writes for a flush of the device and two of the state directory; on bench/install's
+/// 1 GiB image 64 MiB took about 5% less time than 32). Small images checkpoint every eighth
+/// of their size instead, so the read-back, which reads only synced data, starts early.
+pub const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Options {
