@@ -21,7 +21,6 @@ mod pipeline;
 mod plan;
 mod progress;
 mod sources;
-mod target;
 
 use anyhow::{Context, Result};
 use bootcount::SlotId;

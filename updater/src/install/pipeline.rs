@@ -24,9 +24,9 @@ use sha2::{Digest, Sha256};
 
 use super::progress::{Phase as ProgressPhase, Progress};
 use super::sources::Sources;
-use super::target::{aligned_buffer, Device, ALIGN};
 use super::{CHECKPOINT_BYTES, FIRST_BLOCK};
 use crate::bundle::{self, Manifest};
+use crate::disk::device::{aligned_buffer, Device, ALIGN};
 use crate::source::BundleReader;
 use crate::state::StateDir;
 

@@ -11,12 +11,12 @@ use bootcount::SlotId;
 use super::hooks::HookEnv;
 use super::progress::Progress;
 use super::sources::{Fallback, Sources};
-use super::target::{self, Device};
 use super::{hex, refuse, refuse_bundle, NotConfirmed, Options};
 use crate::board::Board;
 use crate::booted;
 use crate::bootenv::{Environment, Location};
 use crate::bundle::{self, Keyring};
+use crate::disk::device::{self, Device};
 use crate::slotstate;
 use crate::source::BundleReader;
 use crate::state::floor::Floor;
@@ -147,7 +147,7 @@ pub fn plan(
             None => None,
         });
         sources.targets.push(match image.reads_target() {
-            true => Some(target::open_reader(&device.path).with_context(|| {
+            true => Some(device::open_reader(&device.path).with_context(|| {
                 format!(
                     "opening the target slot {} to read back what the delta's patches refer to",
                     device.path.display()
@@ -282,8 +282,8 @@ fn open_targets(
                     image.slot_class, image.slot_class
                 ))
             })?;
-        target::check_not_in_use(path, busy)?;
-        let device = target::open(path)?;
+        device::check_not_in_use(path, busy)?;
+        let device = device::open(path)?;
         if image.size > device.size {
             return Err(refuse(format!(
                 "the {} image is {} bytes, slot {target_name} ({}) holds only {}",
@@ -349,7 +349,7 @@ pub fn plan_provision(
 }
 
 /// The running slot's device of the delta image's class, opened read-only: the base.
-fn open_base(board: &Board, booted: SlotId, image: &bundle::Image) -> Result<target::SlotReader> {
+fn open_base(board: &Board, booted: SlotId, image: &bundle::Image) -> Result<device::SlotReader> {
     let path = board
         .class_device(booted, &image.slot_class)
         .ok_or_else(|| {
@@ -358,7 +358,7 @@ fn open_base(board: &Board, booted: SlotId, image: &bundle::Image) -> Result<tar
                 image.slot_class, image.slot_class
             ))
         })?;
-    target::open_reader(path).with_context(|| {
+    device::open_reader(path).with_context(|| {
         format!(
             "opening the running slot {} to read the delta's base",
             path.display()

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use super::target::SlotReader;
 use crate::bundle::{self, Decoder, Extent, Image, Manifest, ReadAt};
+use crate::disk::device::SlotReader;
 use crate::source::BundleReader;
 
 /// The full bundle an install falls back to for chunks it cannot rebuild from the base.
