@@ -148,19 +148,25 @@ pub fn open(path: &Path) -> Result<Device> {
     let size = file
         .seek(SeekFrom::End(0))
         .with_context(|| format!("finding the size of {}", path.display()))?;
-    let direct = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(nix::fcntl::OFlag::O_DIRECT.bits())
-        .open(path)
-        .map_err(|e| log::debug!("{}: no direct I/O ({e})", path.display()))
-        .ok();
+    let direct = open_direct(path, true);
     Ok(Device {
         path: path.to_owned(),
         file,
         size,
         direct,
     })
+}
+
+/// `path` opened again with O_DIRECT, or `None` where the filesystem refuses it (tmpfs): the
+/// slot then works through the page cache alone.
+fn open_direct(path: &Path, write: bool) -> Option<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(nix::fcntl::OFlag::O_DIRECT.bits())
+        .open(path)
+        .map_err(|e| log::debug!("{}: no direct I/O ({e})", path.display()))
+        .ok()
 }
 
 /// A slot read the way a delta reads it: read-only, and with O_DIRECT when the device allows
@@ -195,12 +201,7 @@ const BASE_PIECE: usize = 1 << 20;
 /// Opens `path` as a [`SlotReader`]; the caller says what for in the error's context.
 pub fn open_reader(path: &Path) -> std::io::Result<SlotReader> {
     let file = File::open(path)?;
-    let direct = OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_DIRECT.bits())
-        .open(path)
-        .map_err(|e| log::debug!("{}: no direct I/O ({e})", path.display()))
-        .ok();
+    let direct = open_direct(path, false);
     Ok(SlotReader {
         path: path.to_owned(),
         file,
