@@ -248,6 +248,24 @@ pub fn replace_with(
     path: &Path,
     write: impl FnOnce(&mut File) -> std::io::Result<()>,
 ) -> Result<()> {
+    rename_over(path, write, true)
+}
+
+/// Replaces `path` with `bytes` by renaming a new file over it, without syncing anything: a
+/// process killed at any point leaves the old file or the new one, a power cut may leave
+/// either or none. For reports that are rewritten often and trusted for nothing
+/// ([`activity`]); everything abup decides from goes through [`replace`].
+pub fn replace_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
+    rename_over(path, |f| f.write_all(bytes), false)
+}
+
+/// Writes a new file under a unique name next to `path` (created exclusively, 0600) and
+/// renames it over `path`; `durable` syncs the file before and the directory after.
+fn rename_over(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> std::io::Result<()>,
+    durable: bool,
+) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -260,29 +278,17 @@ pub fn replace_with(
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     write(tmp.as_file_mut())
-        .and_then(|()| tmp.as_file().sync_all())
+        .and_then(|()| match durable {
+            true => tmp.as_file().sync_all(),
+            false => Ok(()),
+        })
         .with_context(|| format!("writing {}", tmp.path().display()))?;
     tmp.persist(path)
         .with_context(|| format!("renaming a temporary file to {}", path.display()))?;
-    sync_dir(path)?;
-    crate::failpoint::wrote(&path.display().to_string());
-    Ok(())
-}
-
-/// Replaces `path` with `bytes` by renaming a new file over it, without syncing anything: a
-/// process killed at any point leaves the old file or the new one, a power cut may leave
-/// either or none. For reports that are rewritten often and trusted for nothing
-/// ([`activity`]); everything abup decides from goes through [`replace`].
-pub fn replace_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".unsynced.")
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(bytes)
-        .with_context(|| format!("writing {}", tmp.path().display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("renaming a temporary file to {}", path.display()))?;
+    if durable {
+        sync_dir(path)?;
+        crate::failpoint::wrote(&path.display().to_string());
+    }
     Ok(())
 }
 
