@@ -24,8 +24,6 @@ use anyhow::{Context, Result};
 use crate::board::HttpConfig;
 use http::{fatal, is_transient, transient, Client};
 
-pub use http::{MAX_PEM_FILE, STALL_TIMEOUT};
-
 /// Where a bundle comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {

@@ -4,7 +4,7 @@
 //! only to the URL's own host), and every failure sorted into one that may pass and is worth
 //! another try ([`Transient`]) and one that will not.
 
-use std::io::{self, Read};
+use std::io;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -359,17 +359,10 @@ fn tls_config(http: &HttpConfig, https: Option<&String>) -> Result<TlsConfig> {
 
 /// A PEM file's contents, refusing one larger than [`MAX_PEM_FILE`].
 fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>> {
-    let mut bytes = Vec::new();
     std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_PEM_FILE + 1).read_to_end(&mut bytes))
-        .with_context(|| format!("reading the {what} {}", path.display()))?;
-    if bytes.len() as u64 > MAX_PEM_FILE {
-        bail!(
-            "the {what} {} is larger than {MAX_PEM_FILE} bytes: not a PEM file",
-            path.display()
-        );
-    }
-    Ok(bytes)
+        .map_err(anyhow::Error::from)
+        .and_then(|f| crate::state::read_limited(f, path, MAX_PEM_FILE, "not a PEM file"))
+        .with_context(|| format!("reading the {what} {}", path.display()))
 }
 
 /// The certificates in the PEM file `path`, the `what` of the messages.
