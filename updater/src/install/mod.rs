@@ -141,7 +141,7 @@ pub fn install(board: &Board, opts: &Options, progress: &mut Progress) -> Result
             .ok()
             .map(|i| board.slots.name(i.target).to_owned()),
         bundle_version: result.as_ref().ok().map(|i| i.version.clone()),
-        error: result.as_ref().err().map(|e| format!("{e:#}")),
+        error: result.as_ref().err().map(crate::exit::message),
         finished: state::now(),
     };
     if let Err(e) = state.set_last_install(last) {
