@@ -11,7 +11,6 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::fixture::{image, Fixture};
 use common::Output;
@@ -260,7 +259,7 @@ fn an_install_whose_reader_goes_away_completes() {
     let mut reader = BufReader::new(std::fs::File::from(read));
     let mut first = String::new();
     reader.read_line(&mut first).unwrap();
-    wait_stopped(pid);
+    common::wait_stopped(&mut child, String::new);
     drop(reader);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -273,51 +272,6 @@ fn an_install_whose_reader_goes_away_completes() {
     assert_eq!(s["next_boot"], "B", "{s}");
     assert_eq!(s["last_install"]["outcome"], "success", "{s}");
     assert_eq!(&f.slot("B")[..img.len()], &img[..]);
-}
-
-/// Waits until process `pid` is stopped (by `ABUP_PAUSE_AFTER_WRITES`).
-fn wait_stopped(pid: u32) {
-    let start = Instant::now();
-    loop {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        if stat
-            .rsplit(')')
-            .next()
-            .unwrap()
-            .trim_start()
-            .starts_with('T')
-        {
-            return;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "never paused");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Runs `abup status --json` and fails, instead of hanging, if it does not end: while the
-/// install is stopped, waiting for a lock it holds would be waiting forever.
-fn status_during(f: &Fixture) -> Value {
-    let out = f.t.path("status.out");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_abup"))
-        .args(["status", "--json"])
-        .env("ABUP_CONFIG", &f.board)
-        .env("ABUP_PROC_CMDLINE", &f.cmdline)
-        .stdout(std::fs::File::create(&out).unwrap())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("abup status waits for a lock the install holds");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    assert!(status.success());
-    serde_json::from_slice(&common::read(&out)).unwrap()
 }
 
 /// The durable write after which the payload's first checkpoint is journalled (1-based).
@@ -347,7 +301,7 @@ fn status_shows_a_running_install_and_an_interrupted_one_and_abort_drops_it() {
     let mut seen = Value::Null;
     let mut aborted = None;
     let out = f.install_paused(&b, checkpoint, || {
-        seen = status_during(&f);
+        seen = f.status_during_install();
         aborted = Some(f.abup(&["install", "--abort"]));
     });
     out.success();

@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::fixture::{image, Fixture};
 use common::net::{Pki, PyServer};
@@ -63,38 +63,9 @@ impl Install {
     }
 }
 
-/// Whether process `pid` is stopped (`ABUP_PAUSE_AFTER_WRITES` stops it).
-fn stopped(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .unwrap_or_default()
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .trim_start()
-        .starts_with('T')
-}
-
-/// `abup status --json`, which must answer at any moment of an install: a status that waited
-/// for a lock the stopped install holds would never return, and fails here instead.
+/// `abup status --json` during the install, in the schema the agent reads.
 fn poll_status(f: &Fixture) -> Value {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_abup"))
-        .args(["status", "--json"])
-        .env("ABUP_CONFIG", &f.board)
-        .env("ABUP_PROC_CMDLINE", &f.cmdline)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("abup status did not answer during the install");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = f.status_during_install();
     assert_eq!(s["version"], 2, "{s}");
     s
 }
@@ -159,17 +130,9 @@ fn an_ota_agent_installs_over_https_through_a_kill_and_a_reboot() {
     // would.
     let pause = [("ABUP_PAUSE_AFTER_WRITES", halfway.to_string())];
     let mut first = Install::start(&f, &url, &pki.ca, &pause);
-    let start = Instant::now();
-    while !stopped(first.child.id()) {
-        if let Some(exit) = first.child.try_wait().unwrap() {
-            panic!(
-                "abup ended ({exit}) before pausing: {}",
-                std::fs::read_to_string(f.t.path("agent.err")).unwrap()
-            );
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "never paused");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    common::wait_stopped(&mut first.child, || {
+        std::fs::read_to_string(f.t.path("agent.err")).unwrap()
+    });
     let s = poll_status(&f);
     let i = &s["install"];
     assert_eq!(i["state"], "running", "{s}");

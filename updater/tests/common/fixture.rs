@@ -258,31 +258,7 @@ impl Fixture {
             .spawn()
             .unwrap();
         let pid = child.id();
-        let stat = format!("/proc/{pid}/stat");
-        let start = Instant::now();
-        loop {
-            let s = std::fs::read_to_string(&stat).unwrap_or_default();
-            // The state follows the command name in parentheses.
-            if s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('T')
-            {
-                break;
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "abup ended ({status}) before pausing: {}",
-                    std::fs::read_to_string(&err).unwrap()
-                );
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "abup never paused"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        super::wait_stopped(&mut child, || std::fs::read_to_string(&err).unwrap());
         tamper();
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
@@ -354,6 +330,33 @@ impl Fixture {
     /// The running slot, as the kernel command line says.
     pub fn boot(&self, slot: &str) {
         std::fs::write(&self.cmdline, format!("abup.slot={slot}\n")).unwrap();
+    }
+
+    /// `abup status --json` while an install runs or is stopped. It must answer at any moment:
+    /// a status that waited for a lock the install holds would never return, and fails here
+    /// after a minute instead of hanging.
+    pub fn status_during_install(&self) -> serde_json::Value {
+        let out = self.t.path("status.out");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_abup"))
+            .args(["status", "--json"])
+            .env("ABUP_CONFIG", &self.board)
+            .env("ABUP_PROC_CMDLINE", &self.cmdline)
+            .stdout(std::fs::File::create(&out).unwrap())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("abup status waits for a lock the install holds");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(status.success());
+        serde_json::from_slice(&super::read(&out)).unwrap()
     }
 
     pub fn status(&self) -> serde_json::Value {

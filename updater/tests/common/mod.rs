@@ -210,6 +210,33 @@ fn unavailable(what: &str) {
     eprintln!("skipping: {what}");
 }
 
+/// Waits until `child` is stopped (`ABUP_PAUSE_AFTER_WRITES` stops abup where it pauses),
+/// failing if it ends first (`output` gives what it printed) or never stops within a minute.
+pub fn wait_stopped(child: &mut std::process::Child, output: impl Fn() -> String) {
+    let stat = format!("/proc/{}/stat", child.id());
+    let start = std::time::Instant::now();
+    loop {
+        let s = std::fs::read_to_string(&stat).unwrap_or_default();
+        // The state follows the command name in parentheses.
+        if s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('T')
+        {
+            return;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("abup ended ({status}) before pausing: {}", output());
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "abup never paused"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 pub fn read(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
