@@ -241,8 +241,12 @@ pub fn write_payload(
         }
         drop(decoded_tx);
         drop(stored_rx);
-        let verifier =
-            scope.spawn(move || verify_loop(manifest, devices, state, verify_rx, verified));
+        // Dropped when the read-back ends, which wakes the progress loop below at once.
+        let (finished_tx, finished) = sync_channel::<()>(0);
+        let verifier = scope.spawn(move || {
+            let _finished = finished_tx;
+            verify_loop(manifest, devices, state, verify_rx, verified)
+        });
         for i in 0..manifest.images.len() {
             if on_disk(i) > 0 {
                 let _ = verify_tx.send((i, on_disk(i)));
@@ -275,10 +279,11 @@ pub fn write_payload(
             progress.downloaded(downloaded.load(Ordering::Relaxed));
             progress.read_back(verified.load(Ordering::Relaxed));
             progress.phase(ProgressPhase::ReadBack);
-            while !verifier.is_finished() {
+            while let Err(RecvTimeoutError::Timeout) =
+                finished.recv_timeout(Duration::from_millis(100))
+            {
                 progress.read_back(verified.load(Ordering::Relaxed));
                 progress.tick();
-                std::thread::sleep(Duration::from_millis(100));
             }
             progress.read_back(verified.load(Ordering::Relaxed));
             progress.tick();
