@@ -233,6 +233,21 @@ fn redirects_never_leave_https_and_headers_stay_with_their_host() {
     );
 }
 
+/// A plain http URL makes its https agent only on a redirect to https: that agent trusts
+/// what an https URL's would, the system's store and `--ca`, and nothing less.
+#[test]
+fn a_plain_http_url_may_redirect_to_https() {
+    let (f, img, www, pki) = setup();
+    let secure = serve(&f, &www, "secure.log", Some(&pki), &[]);
+    let to_secure = format!("https://127.0.0.1:{}", secure.port);
+    let plain = serve(&f, &www, "plain.log", None, &["--redirect", &to_secure]);
+    let url = plain.url("http", "b.abup");
+    install(&f, &url, &[]).assert_refused(&["not signed by a CA abup trusts"]);
+    install(&f, &url, &["--ca", s(&pki.ca)]).success();
+    assert_installed(&f, &img, "2.0");
+    assert!(!secure.requests().is_empty(), "the bundle came over https");
+}
+
 #[test]
 fn https_proxy_is_used_and_no_proxy_bypasses_it() {
     let (f, img, www, pki) = setup();

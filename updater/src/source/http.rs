@@ -7,6 +7,7 @@
 use std::io;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -52,15 +53,21 @@ pub fn is_transient(e: &io::Error) -> bool {
 
 /// Requests for one URL.
 pub struct Client {
-    agent: Agent,
+    /// For plain http: it has no certificate to trust.
+    plain: Agent,
+    /// For https, made when the first https request is: a plain-http download (a local
+    /// mirror, a factory server) does not read the system's CA store, some 300 files and tens
+    /// of milliseconds from cold caches.
+    tls: OnceLock<Agent>,
+    http: HttpConfig,
     url: Uri,
     headers: Vec<Header>,
     deadline: Option<Instant>,
 }
 
 impl Client {
-    /// A client for `url` with `net`'s trust, certificate and headers. Reads the CA and key
-    /// files; connects to nothing yet.
+    /// A client for `url` with `net`'s trust, certificate and headers. For an https URL it
+    /// reads the CA and key files now; it connects to nothing yet.
     pub fn new(url: &str, net: &Network) -> Result<Client> {
         let shown = redact(url);
         let uri: Uri = url
@@ -74,28 +81,34 @@ impl Client {
         if let Some(basic) = basic.filter(|b| !headers.iter().any(|h| h.same_name(b))) {
             headers.push(basic);
         }
-        let https = uri.scheme_str() == Some("https");
-        let tls = tls_config(&net.http, https.then_some(&shown))?;
-        let config = Agent::config_builder()
-            // Answers are judged here, redirects followed here: see `get`.
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .timeout_connect(Some(CONNECT_TIMEOUT))
-            .timeout_recv_response(Some(STALL_TIMEOUT))
-            .timeout_per_read(Some(STALL_TIMEOUT))
-            .user_agent(concat!("abup/", env!("CARGO_PKG_VERSION")))
-            // The bundle's bytes exactly as stored: offsets and Range requests count them.
-            .accept_encoding("identity")
-            // Chosen for each request from the environment, as curl does (`proxy_for`).
-            .proxy(None)
-            .tls_config(tls)
-            .build();
-        Ok(Client {
-            agent: config.new_agent(),
+        let client = Client {
+            plain: agent(
+                TlsConfig::builder()
+                    .root_certs(RootCerts::new_with_certs(&[]))
+                    .build(),
+            ),
+            tls: OnceLock::new(),
+            http: net.http.clone(),
             url: uri,
             headers,
             deadline: net.deadline,
-        })
+        };
+        // An https URL's trust store and client certificate are checked now, before anything
+        // is fetched, so that a mistake in them is the first error.
+        if client.url.scheme_str() == Some("https") {
+            client.tls_agent(Some(&shown))?;
+        }
+        Ok(client)
+    }
+
+    /// The agent for https requests, made on the first; `url` names an https URL the request
+    /// is for, for the error when there is nothing to trust.
+    fn tls_agent(&self, url: Option<&String>) -> Result<&Agent> {
+        if let Some(agent) = self.tls.get() {
+            return Ok(agent);
+        }
+        let made = agent(tls_config(&self.http, url)?);
+        Ok(self.tls.get_or_init(|| made))
     }
 
     /// Time left before the whole download's deadline (`--timeout`), if it has one.
@@ -113,8 +126,13 @@ impl Client {
         let mut own_host = true;
         for _ in 0..=MAX_REDIRECTS {
             let proxy = proxy_for(&url, |v| std::env::var(v).ok())?;
-            let mut req = self
-                .agent
+            let agent = match url.scheme_str() {
+                Some("https") => self
+                    .tls_agent(Some(&redact(&url.to_string())))
+                    .map_err(|e| fatal(format!("{e:#}")))?,
+                _ => &self.plain,
+            };
+            let mut req = agent
                 .get(url.clone())
                 .config()
                 .proxy(proxy)
@@ -316,6 +334,25 @@ fn in_network(ip: IpAddr, net: &str, bits: &str) -> bool {
         }
         _ => false,
     }
+}
+
+/// An agent that judges answers and follows redirects itself (see [`Client::get`]), with
+/// `tls`'s trust.
+fn agent(tls: TlsConfig) -> Agent {
+    Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .timeout_recv_response(Some(STALL_TIMEOUT))
+        .timeout_per_read(Some(STALL_TIMEOUT))
+        .user_agent(concat!("abup/", env!("CARGO_PKG_VERSION")))
+        // The bundle's bytes exactly as stored: offsets and Range requests count them.
+        .accept_encoding("identity")
+        // Chosen for each request from the environment, as curl does (`proxy_for`).
+        .proxy(None)
+        .tls_config(tls)
+        .build()
+        .new_agent()
 }
 
 /// The servers abup trusts: the system's CA store (`SSL_CERT_FILE`, `SSL_CERT_DIR`, else the
