@@ -7,8 +7,12 @@
 //! payload copied from the scratch file. Memory stays at a few chunks per thread whatever the
 //! image sizes, and the images may be pipes.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc::sync_channel;
+use std::sync::Mutex;
 use std::thread;
 
 use sha2::{Digest, Sha256};
@@ -256,18 +260,25 @@ struct Stored {
     sha256: [u8; 32],
 }
 
-/// Cuts images into chunks and compresses them, a batch of chunks at a time.
+/// Cuts images into chunks and compresses them. This thread reads the image and feeds its
+/// hash, in order; the chunks go to one compressing thread per context as each becomes free,
+/// so a thread that drew chunks of zeros does not wait for one that drew data, and the reading
+/// overlaps the compression. The stored chunks come back in any order and are written to the
+/// scratch file in image order.
 struct Chunker {
     chunk_size: u32,
     compression: Compression,
     /// One zstd context per thread (none when not compressing; hashing still runs in
     /// `threads` threads).
     contexts: Vec<Option<CCtx<'static>>>,
-    inputs: Vec<Vec<u8>>,
-    outputs: Vec<Stored>,
+    /// Chunk buffers, image bytes and stored bytes, for the chunks in flight.
+    free: Vec<(Vec<u8>, Stored)>,
     /// Chunks of the images done so far, against `MAX_CHUNKS`.
     total_chunks: usize,
 }
+
+/// A chunk to store: its place in the image, its bytes, and the buffer for what is stored.
+type Job = (usize, Vec<u8>, Stored);
 
 impl Chunker {
     fn new(opts: &CreateOptions) -> Result<Chunker> {
@@ -285,14 +296,15 @@ impl Chunker {
                 Compression::None => None,
             });
         }
-        // Two chunks per thread: imbalance between chunks evens out within a batch.
-        let batch = threads * 2;
+        // Two chunks per thread: one being stored, one read and waiting for it.
+        let in_flight = threads * 2;
         Ok(Chunker {
             chunk_size: opts.chunk_size,
             compression: opts.compression,
             contexts,
-            inputs: (0..batch).map(|_| Vec::new()).collect(),
-            outputs: (0..batch).map(|_| Stored::default()).collect(),
+            free: (0..in_flight)
+                .map(|_| (Vec::new(), Stored::default()))
+                .collect(),
             total_chunks: 0,
         })
     }
@@ -308,48 +320,90 @@ impl Chunker {
         let mut size = 0u64;
         let mut chunks = Vec::new();
         let chunk_size = self.chunk_size as usize;
-        let mut at_end = false;
-        while !at_end {
-            let mut filled = 0;
-            while filled < self.inputs.len() && !at_end {
-                let buf = &mut self.inputs[filled];
-                buf.clear();
-                buf.reserve_exact(chunk_size);
-                (&mut *source.reader)
-                    .take(chunk_size as u64)
-                    .read_to_end(buf)
-                    .map_err(|e| Error::ImageRead {
-                        slot_class: source.slot_class.clone(),
-                        source: e,
-                    })?;
-                at_end = buf.len() < chunk_size;
-                if !buf.is_empty() {
-                    size += buf.len() as u64;
-                    filled += 1;
+        let in_flight = self.free.len();
+        // Both channels hold every chunk in flight, so neither side ever waits to send.
+        let (job_tx, job_rx) = sync_channel::<Job>(in_flight);
+        let (done_tx, done_rx) = sync_channel::<(Job, Result<()>)>(in_flight);
+        let job_rx = Mutex::new(job_rx);
+        let free = &mut self.free;
+        let total_chunks = &mut self.total_chunks;
+        thread::scope(|s| -> Result<()> {
+            for ctx in &mut self.contexts {
+                let (job_rx, done_tx) = (&job_rx, done_tx.clone());
+                s.spawn(move || loop {
+                    let job = match job_rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok((seq, input, mut out)) = job else {
+                        return;
+                    };
+                    // A panic comes back as an error: the reader waits for every chunk.
+                    let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        store(ctx.as_mut(), &input, &mut out)
+                    }))
+                    .unwrap_or_else(|_| Err(stopped()));
+                    if done_tx.send(((seq, input, out), r)).is_err() {
+                        return;
+                    }
+                });
+            }
+            drop(done_tx);
+            // Dropped on the way out, error or not, which ends the threads.
+            let job_tx = job_tx;
+            let mut pending = BTreeMap::new();
+            let (mut sent, mut at_end) = (0usize, false);
+            while !at_end || chunks.len() < sent {
+                if !at_end {
+                    if let Some((mut buf, out)) = free.pop() {
+                        buf.clear();
+                        buf.reserve_exact(chunk_size);
+                        (&mut *source.reader)
+                            .take(chunk_size as u64)
+                            .read_to_end(&mut buf)
+                            .map_err(|e| Error::ImageRead {
+                                slot_class: source.slot_class.clone(),
+                                source: e,
+                            })?;
+                        at_end = buf.len() < chunk_size;
+                        if buf.is_empty() {
+                            free.push((buf, out));
+                            continue;
+                        }
+                        size += buf.len() as u64;
+                        if size > MAX_IMAGE_SIZE {
+                            return Err(Error::ImageSize { image: i, size });
+                        }
+                        *total_chunks += 1;
+                        if *total_chunks > MAX_CHUNKS {
+                            return Err(Error::TooManyChunks {
+                                count: *total_chunks as u64,
+                            });
+                        }
+                        hasher.update(&buf);
+                        job_tx.send((sent, buf, out)).map_err(|_| stopped())?;
+                        sent += 1;
+                        continue;
+                    }
+                }
+                let ((seq, input, out), r) = done_rx.recv().map_err(|_| stopped())?;
+                r?;
+                pending.insert(seq, (input, out));
+                while let Some((input, out)) = pending.remove(&chunks.len()) {
+                    scratch
+                        .write_all(&out.bytes)
+                        .map_err(|source| Error::Scratch { source })?;
+                    chunks.push(Chunk {
+                        op: super::Op::Data,
+                        // At most the zstd bound of a chunk, which fits (checked by `validate`).
+                        stored: u32::try_from(out.bytes.len()).unwrap_or(u32::MAX),
+                        sha256: out.sha256,
+                    });
+                    free.push((input, out));
                 }
             }
-            if size > MAX_IMAGE_SIZE {
-                return Err(Error::ImageSize { image: i, size });
-            }
-            self.total_chunks += filled;
-            if self.total_chunks > MAX_CHUNKS {
-                return Err(Error::TooManyChunks {
-                    count: self.total_chunks as u64,
-                });
-            }
-            self.compress(filled, &mut hasher)?;
-            for stored in &self.outputs[..filled] {
-                scratch
-                    .write_all(&stored.bytes)
-                    .map_err(|source| Error::Scratch { source })?;
-                chunks.push(Chunk {
-                    op: super::Op::Data,
-                    // At most the zstd bound of a chunk, which fits (checked by `validate`).
-                    stored: u32::try_from(stored.bytes.len()).unwrap_or(u32::MAX),
-                    sha256: stored.sha256,
-                });
-            }
-        }
+            Ok(())
+        })?;
         if size == 0 {
             return Err(Error::ImageSize { image: i, size });
         }
@@ -363,42 +417,12 @@ impl Chunker {
             chunks,
         })
     }
+}
 
-    /// Stores the first `filled` input chunks into the outputs, spread over the threads,
-    /// while this thread feeds the image hash. Which thread does a chunk does not change its
-    /// bytes: each is compressed on its own by a context reset for it.
-    fn compress(&mut self, filled: usize, image_hasher: &mut Sha256) -> Result<()> {
-        if filled == 0 {
-            return Ok(());
-        }
-        let per_thread = filled.div_ceil(self.contexts.len());
-        let inputs = &self.inputs[..filled];
-        let outputs = &mut self.outputs[..filled];
-        thread::scope(|s| {
-            let workers: Vec<_> = self
-                .contexts
-                .iter_mut()
-                .zip(
-                    inputs
-                        .chunks(per_thread)
-                        .zip(outputs.chunks_mut(per_thread)),
-                )
-                .map(|(ctx, (ins, outs))| {
-                    s.spawn(move || -> Result<()> {
-                        for (input, out) in ins.iter().zip(outs) {
-                            store(ctx.as_mut(), input, out)?;
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
-            for input in inputs {
-                image_hasher.update(input);
-            }
-            workers
-                .into_iter()
-                .try_for_each(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-        })
+/// A compressing thread failed without an error of its own: it panicked.
+fn stopped() -> Error {
+    Error::Zstd {
+        message: "a compression thread stopped".into(),
     }
 }
 
