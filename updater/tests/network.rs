@@ -243,6 +243,24 @@ fn a_plain_http_url_may_redirect_to_https() {
     let plain = serve(&f, &www, "plain.log", None, &["--redirect", &to_secure]);
     let url = plain.url("http", "b.abup");
     install(&f, &url, &[]).assert_refused(&["not signed by a CA abup trusts"]);
+    // With an empty trust store, the https URL and the redirect to it are refused alike,
+    // before anything is asked over https.
+    let (empty, empty_dir) = (f.t.path("no-cas.pem"), f.t.path("no-cas"));
+    std::fs::write(&empty, "").unwrap();
+    std::fs::create_dir(&empty_dir).unwrap();
+    let no_store = [
+        ("SSL_CERT_FILE", s(&empty)),
+        ("SSL_CERT_DIR", s(&empty_dir)),
+    ];
+    let args = ["install", "--retry-wait", "0"];
+    for url in [secure.url("https", "b.abup"), url.clone()] {
+        let out = f.abup_env(&[&args[..], &[url.as_str()]].concat(), &no_store);
+        out.assert_refused(&["no CA certificate to check https://127.0.0.1", "--ca"]);
+    }
+    assert!(
+        secure.requests().is_empty(),
+        "nothing was asked over https yet"
+    );
     install(&f, &url, &["--ca", s(&pki.ca)]).success();
     assert_installed(&f, &img, "2.0");
     assert!(!secure.requests().is_empty(), "the bundle came over https");

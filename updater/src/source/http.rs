@@ -96,14 +96,14 @@ impl Client {
         // An https URL's trust store and client certificate are checked now, before anything
         // is fetched, so that a mistake in them is the first error.
         if client.url.scheme_str() == Some("https") {
-            client.tls_agent(Some(&shown))?;
+            client.tls_agent(&shown)?;
         }
         Ok(client)
     }
 
-    /// The agent for https requests, made on the first; `url` names an https URL the request
-    /// is for, for the error when there is nothing to trust.
-    fn tls_agent(&self, url: Option<&String>) -> Result<&Agent> {
+    /// The agent for https requests, made on the first; `url` names the https URL the
+    /// request is for, for the error when there is nothing to trust.
+    fn tls_agent(&self, url: &str) -> Result<&Agent> {
         if let Some(agent) = self.tls.get() {
             return Ok(agent);
         }
@@ -128,7 +128,7 @@ impl Client {
             let proxy = proxy_for(&url, |v| std::env::var(v).ok())?;
             let agent = match url.scheme_str() {
                 Some("https") => self
-                    .tls_agent(Some(&redact(&url.to_string())))
+                    .tls_agent(&redact(&url.to_string()))
                     .map_err(|e| fatal(format!("{e:#}")))?,
                 _ => &self.plain,
             };
@@ -357,9 +357,9 @@ fn agent(tls: TlsConfig) -> Agent {
 
 /// The servers abup trusts: the system's CA store (`SSL_CERT_FILE`, `SSL_CERT_DIR`, else the
 /// distribution's bundle under /etc/ssl), and the PEM files `http.ca` names; and the client
-/// certificate, checked against its key now rather than at the first handshake. `https`
-/// names the URL when it is one: then a trust store with nothing in it is an error here.
-fn tls_config(http: &HttpConfig, https: Option<&String>) -> Result<TlsConfig> {
+/// certificate, checked against its key now rather than at the first handshake. A trust store
+/// with nothing in it is an error here, naming `url`, the https URL it is for.
+fn tls_config(http: &HttpConfig, url: &str) -> Result<TlsConfig> {
     let system = rustls_native_certs::load_native_certs();
     for e in &system.errors {
         log::debug!("the system's CA store: {e}");
@@ -377,7 +377,7 @@ fn tls_config(http: &HttpConfig, https: Option<&String>) -> Result<TlsConfig> {
         "trusting {} CA certificates, {from_system} of them from the system's store",
         roots.len()
     );
-    if let (Some(url), true) = (https, roots.is_empty()) {
+    if roots.is_empty() {
         bail!(
             "no CA certificate to check {url} against: the system's CA store is missing or \
              empty (install ca-certificates, or set SSL_CERT_FILE), and no --ca or [http] ca \
