@@ -243,6 +243,9 @@ fn a_plain_http_url_may_redirect_to_https() {
     let plain = serve(&f, &www, "plain.log", None, &["--redirect", &to_secure]);
     let url = plain.url("http", "b.abup");
     install(&f, &url, &[]).assert_refused(&["not signed by a CA abup trusts"]);
+    // The CA files are read whatever the URL: a mistake in them is the first error.
+    let missing = f.t.path("missing-ca.pem");
+    install(&f, &url, &["--ca", s(&missing)]).assert_refused(&["reading the CA file"]);
     // With an empty trust store, the https URL and the redirect to it are refused alike,
     // before anything is asked over https.
     let (empty, empty_dir) = (f.t.path("no-cas.pem"), f.t.path("no-cas"));
@@ -302,6 +305,23 @@ fn https_proxy_is_used_and_no_proxy_bypasses_it() {
     // http_proxy is for http URLs only.
     install(&[("http_proxy", &proxy_url)]);
     assert_eq!(proxy.requests().len(), before);
+
+    // An https proxy is reached over TLS whatever the URL, trusting what an https URL would.
+    let tls = ["--tls", s(&pki.server_cert), s(&pki.server_key)];
+    let tls_proxy = PyServer::start(None, &f.t.path("tls-proxy.log"), &tls);
+    let plain = serve(&f, &www, "plain.log", None, &[]);
+    f.restore(&saved);
+    let via = format!("https://127.0.0.1:{}", tls_proxy.port);
+    f.abup_env(
+        &["install", &plain.url("http", "b.abup"), "--ca", s(&pki.ca)],
+        &[("http_proxy", &via)],
+    )
+    .success();
+    assert_installed(&f, &img, "2.0");
+    assert!(
+        !tls_proxy.requests().is_empty(),
+        "the download went through it"
+    );
 }
 
 /// Where a run wrote slot B, from its `-vv` durable writes: the offsets.

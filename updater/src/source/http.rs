@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use ureq::http::{Response, Uri};
 use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
-use ureq::{Agent, Body, Proxy};
+use ureq::{Agent, Body, Proxy, ProxyProtocol};
 
 use super::{server_text, Network};
-use crate::board::{Header, HttpConfig};
+use crate::board::Header;
 use crate::state::redact;
 
 /// Setting up a connection (name lookup, TCP, proxy, TLS) takes at most this long.
@@ -53,21 +53,25 @@ pub fn is_transient(e: &io::Error) -> bool {
 
 /// Requests for one URL.
 pub struct Client {
-    /// For plain http: it has no certificate to trust.
+    /// For requests without TLS: plain http, directly or through an http proxy. It trusts no
+    /// certificate (ureq's default store is one this build does not have).
     plain: Agent,
-    /// For https, made when the first https request is: a plain-http download (a local
-    /// mirror, a factory server) does not read the system's CA store, some 300 files and tens
-    /// of milliseconds from cold caches.
+    /// For requests over TLS (an https URL, or any URL through an https proxy), made for the
+    /// first: a plain-http download (a local mirror, a factory server) does not read the
+    /// system's CA store, some 300 files and tens of milliseconds from cold caches.
     tls: OnceLock<Agent>,
-    http: HttpConfig,
+    /// The private CAs and the client certificate, read and checked in [`Client::new`]
+    /// whatever the URL, so that a mistake in them is the first error.
+    cas: Vec<Certificate<'static>>,
+    client_cert: Option<ClientCert>,
     url: Uri,
     headers: Vec<Header>,
     deadline: Option<Instant>,
 }
 
 impl Client {
-    /// A client for `url` with `net`'s trust, certificate and headers. For an https URL it
-    /// reads the CA and key files now; it connects to nothing yet.
+    /// A client for `url` with `net`'s trust, certificate and headers. Reads the CA and key
+    /// files, and for an https URL the system's CA store; connects to nothing yet.
     pub fn new(url: &str, net: &Network) -> Result<Client> {
         let shown = redact(url);
         let uri: Uri = url
@@ -81,6 +85,14 @@ impl Client {
         if let Some(basic) = basic.filter(|b| !headers.iter().any(|h| h.same_name(b))) {
             headers.push(basic);
         }
+        let mut cas = Vec::new();
+        for ca in &net.http.ca {
+            cas.extend(pem_certificates(ca, "CA file")?);
+        }
+        let client_cert = match &net.http.client_cert {
+            Some((cert, key)) => Some(client_cert(cert, key)?),
+            None => None,
+        };
         let client = Client {
             plain: agent(
                 TlsConfig::builder()
@@ -88,26 +100,31 @@ impl Client {
                     .build(),
             ),
             tls: OnceLock::new(),
-            http: net.http.clone(),
+            cas,
+            client_cert,
             url: uri,
             headers,
             deadline: net.deadline,
         };
-        // An https URL's trust store and client certificate are checked now, before anything
-        // is fetched, so that a mistake in them is the first error.
         if client.url.scheme_str() == Some("https") {
-            client.tls_agent(&shown)?;
+            client.tls_agent(&client.url)?;
         }
         Ok(client)
     }
 
-    /// The agent for https requests, made on the first; `url` names the https URL the
-    /// request is for, for the error when there is nothing to trust.
-    fn tls_agent(&self, url: &str) -> Result<&Agent> {
+    /// The agent for requests over TLS, made for the first; `to` is where that request
+    /// connects over TLS, named by the error when there is nothing to trust.
+    fn tls_agent(&self, to: &Uri) -> Result<&Agent> {
         if let Some(agent) = self.tls.get() {
             return Ok(agent);
         }
-        let made = agent(tls_config(&self.http, url)?);
+        let roots = trusted(&self.cas, &redact(&to.to_string()))?;
+        let made = agent(
+            TlsConfig::builder()
+                .root_certs(RootCerts::new_with_certs(&roots))
+                .client_cert(self.client_cert.clone())
+                .build(),
+        );
         Ok(self.tls.get_or_init(|| made))
     }
 
@@ -126,11 +143,15 @@ impl Client {
         let mut own_host = true;
         for _ in 0..=MAX_REDIRECTS {
             let proxy = proxy_for(&url, |v| std::env::var(v).ok())?;
-            let agent = match url.scheme_str() {
-                Some("https") => self
-                    .tls_agent(&redact(&url.to_string()))
-                    .map_err(|e| fatal(format!("{e:#}")))?,
-                _ => &self.plain,
+            let tls_to = match &proxy {
+                Some(p) if p.protocol() == ProxyProtocol::Https => Some(p.uri()),
+                _ => (url.scheme_str() == Some("https")).then_some(&url),
+            };
+            let agent = match tls_to {
+                Some(to) => self
+                    .tls_agent(to)
+                    .map_err(|e| fatal(crate::exit::message(&e)))?,
+                None => &self.plain,
             };
             let mut req = agent
                 .get(url.clone())
@@ -356,10 +377,9 @@ fn agent(tls: TlsConfig) -> Agent {
 }
 
 /// The servers abup trusts: the system's CA store (`SSL_CERT_FILE`, `SSL_CERT_DIR`, else the
-/// distribution's bundle under /etc/ssl), and the PEM files `http.ca` names; and the client
-/// certificate, checked against its key now rather than at the first handshake. A trust store
-/// with nothing in it is an error here, naming `url`, the https URL it is for.
-fn tls_config(http: &HttpConfig, url: &str) -> Result<TlsConfig> {
+/// distribution's bundle under /etc/ssl), and `cas`, the private CAs `http.ca` names. A trust
+/// store with nothing in it is an error here, naming `url`, the https URL it is for.
+fn trusted(cas: &[Certificate<'static>], url: &str) -> Result<Vec<Certificate<'static>>> {
     let system = rustls_native_certs::load_native_certs();
     for e in &system.errors {
         log::debug!("the system's CA store: {e}");
@@ -370,9 +390,7 @@ fn tls_config(http: &HttpConfig, url: &str) -> Result<TlsConfig> {
         .map(|c| Certificate::from_der(c.as_ref()).to_owned())
         .collect();
     let from_system = roots.len();
-    for ca in &http.ca {
-        roots.extend(pem_certificates(ca, "CA file")?);
-    }
+    roots.extend_from_slice(cas);
     log::debug!(
         "trusting {} CA certificates, {from_system} of them from the system's store",
         roots.len()
@@ -384,22 +402,14 @@ fn tls_config(http: &HttpConfig, url: &str) -> Result<TlsConfig> {
              is given"
         );
     }
-    let client_cert = match &http.client_cert {
-        Some((cert, key)) => Some(client_cert(cert, key)?),
-        None => None,
-    };
-    Ok(TlsConfig::builder()
-        .root_certs(RootCerts::new_with_certs(&roots))
-        .client_cert(client_cert)
-        .build())
+    Ok(roots)
 }
 
 /// A PEM file's contents, refusing one larger than [`MAX_PEM_FILE`].
 fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>> {
-    std::fs::File::open(path)
-        .map_err(anyhow::Error::from)
-        .and_then(|f| crate::state::read_limited(f, path, MAX_PEM_FILE, "not a PEM file"))
-        .with_context(|| format!("reading the {what} {}", path.display()))
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("reading the {what} {}", path.display()))?;
+    crate::state::read_limited(file, path, MAX_PEM_FILE, &format!("not a PEM {what}"))
 }
 
 /// The certificates in the PEM file `path`, the `what` of the messages.

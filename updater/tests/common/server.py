@@ -4,7 +4,7 @@
     server.py files DIR [--tls CERT KEY] [--client-ca CA] [--header 'Name: value']
                         [--ranges] [--fail N STATUS] [--redirect URL] [--drop BYTES]...
                         [--stall SECONDS] --log FILE
-    server.py proxy --log FILE
+    server.py proxy --log FILE [--tls CERT KEY]
 
 `files` serves DIR as python's http.server does: it ignores Range requests (answers 200 with
 the whole file) unless --ranges is given. --tls serves https; --client-ca requires a client
@@ -12,7 +12,7 @@ certificate signed by CA; --header requires that header (401 without it); --fail
 first N requests with STATUS; --redirect answers every request with a 302 to URL + path;
 each --drop, in turn, breaks one answer's connection after BYTES body bytes; --stall waits
 SECONDS before sending a body.
-`proxy` is an HTTP proxy that tunnels CONNECT requests.
+`proxy` is an HTTP proxy that tunnels CONNECT requests (an https proxy with --tls).
 
 Either prints its port on the first line of standard output once it listens, and appends one
 JSON object to --log when a request arrives (what was asked) and one when its answer is sent
@@ -140,6 +140,10 @@ class Proxy(http.server.BaseHTTPRequestHandler):
                 break
             for c in ready:
                 data = c.recv(64 * 1024)
+                # A TLS connection (an https proxy) may hold more decrypted bytes than select
+                # can see.
+                while data and getattr(c, "pending", lambda: 0)():
+                    data += c.recv(c.pending())
                 if not data:
                     upstream.close()
                     return
@@ -169,15 +173,15 @@ def main():
     else:
         Files.opts = o
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Files)
-        if o.tls:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.load_cert_chain(*o.tls)
-            if o.client_ca:
-                ctx.verify_mode = ssl.CERT_REQUIRED
-                ctx.load_verify_locations(o.client_ca)
-            server.socket = ctx.wrap_socket(server.socket, server_side=True)
         o.log = os.path.abspath(o.log)
         os.chdir(o.dir)
+    if o.tls:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(*o.tls)
+        if o.client_ca:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(o.client_ca)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     server.daemon_threads = True
     print(server.server_address[1], flush=True)
     sys.stdout.close()
