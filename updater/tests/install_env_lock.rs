@@ -12,7 +12,6 @@ mod common;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -35,51 +34,6 @@ const PROMPT: Duration = Duration::from_secs(5);
 
 /// What the install may take once its source delivers again.
 const INSTALL: Duration = Duration::from_secs(120);
-
-/// `abup` with the fixture's board and command line, not yet run.
-fn abup_cmd(f: &Fixture, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_abup"));
-    cmd.args(args)
-        .env("ABUP_CONFIG", &f.board)
-        .env("ABUP_PROC_CMDLINE", &f.cmdline);
-    cmd
-}
-
-/// Runs `cmd` to its end within `limit`, or kills it and fails the test naming `what`.
-/// Output goes to files in `dir`: a killed command leaves no pipe behind to wait on.
-fn within(dir: &Path, mut cmd: Command, what: &str, limit: Duration) -> Output {
-    static RUNS: AtomicUsize = AtomicUsize::new(0);
-    let n = RUNS.fetch_add(1, Ordering::Relaxed);
-    let (out, err) = (dir.join(format!("out.{n}")), dir.join(format!("err.{n}")));
-    let start = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&err).unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{what} did not answer within {limit:?} during the install: it waits for a lock \
-                 the install holds; its stderr: {}",
-                std::fs::read_to_string(&err).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    eprintln!("{what}: {:?}", start.elapsed());
-    Output {
-        code: status.code(),
-        stdout: std::fs::read(&out).unwrap(),
-        stderr: std::fs::read(&err).unwrap(),
-    }
-}
 
 /// How many bytes of `bundle` the header, manifest, signature and the first `chunks` stored
 /// chunks take (docs/bundle-format.md: the manifest length at byte 12, the signature block
@@ -110,7 +64,8 @@ impl Stalled {
         let prefix = prefix_len(&bytes, CHUNKS_BEFORE_STALL);
         assert!(prefix < bytes.len());
         let (out, err) = (f.t.path("install.out"), f.t.path("install.err"));
-        let mut child = abup_cmd(f, &["install", "-"])
+        let mut child = f
+            .command(&["install", "-"])
             .stdin(Stdio::piped())
             .stdout(std::fs::File::create(&out).unwrap())
             .stderr(std::fs::File::create(&err).unwrap())
@@ -226,9 +181,9 @@ fn a_stalled_install_holds_no_environment_lock() {
     let dir = f.t.path("");
     let install = Stalled::start(&f, &b);
 
-    let out = within(
+    let out = common::within(
         &dir,
-        abup_cmd(&f, &["status", "--json"]),
+        f.command(&["status", "--json"]),
         "abup status --json",
         PROMPT,
     );
@@ -236,9 +191,9 @@ fn a_stalled_install_holds_no_environment_lock() {
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     // What the install's first environment write did: B, half written, is out of rotation.
     assert_eq!(s["next_boot"], "A", "{s}");
-    let out = within(
+    let out = common::within(
         &dir,
-        abup_cmd(&f, &["env", "get", "BOOT_ORDER"]),
+        f.command(&["env", "get", "BOOT_ORDER"]),
         "abup env get BOOT_ORDER",
         PROMPT,
     );
@@ -248,7 +203,7 @@ fn a_stalled_install_holds_no_environment_lock() {
     // The slot being written can be neither activated nor confirmed, and trying writes nothing.
     let env = f.env();
     for cmd in [["mark-active", "B"], ["mark-good", "B"]] {
-        let out = within(&dir, abup_cmd(&f, &cmd), &cmd.join(" "), PROMPT);
+        let out = common::within(&dir, f.command(&cmd), &cmd.join(" "), PROMPT);
         out.assert_refused(&["slot B is being written"]);
     }
     assert_eq!(
@@ -259,7 +214,7 @@ fn a_stalled_install_holds_no_environment_lock() {
     // Taking it out of rotation is always allowed, and the running slot's boot-success
     // service confirms it as on every boot.
     for cmd in [["mark-bad", "B"], ["mark-good", "A"]] {
-        within(&dir, abup_cmd(&f, &cmd), &cmd.join(" "), PROMPT).success();
+        common::within(&dir, f.command(&cmd), &cmd.join(" "), PROMPT).success();
     }
 
     let out = install.finish();
@@ -319,7 +274,7 @@ fn fw_printenv_answers_during_a_stalled_install_on_u_boot() {
     let dir = f.t.path("");
     let install = Stalled::start(&f, &b);
 
-    let out = within(&dir, fw("fw_printenv", &[]), "fw_printenv", PROMPT);
+    let out = common::within(&dir, fw("fw_printenv", &[]), "fw_printenv", PROMPT);
     out.success();
     // fw_printenv reads what the install's first environment write left: B has no tries.
     assert!(
@@ -327,17 +282,17 @@ fn fw_printenv_answers_during_a_stalled_install_on_u_boot() {
         "{}",
         out.stdout_text()
     );
-    within(
+    common::within(
         &dir,
-        abup_cmd(&f, &["status", "--json"]),
+        f.command(&["status", "--json"]),
         "abup status --json",
         PROMPT,
     )
     .success();
     let env = uboot_env();
-    let out = within(
+    let out = common::within(
         &dir,
-        abup_cmd(&f, &["mark-active", "B"]),
+        f.command(&["mark-active", "B"]),
         "abup mark-active B",
         PROMPT,
     );
@@ -348,7 +303,7 @@ fn fw_printenv_answers_during_a_stalled_install_on_u_boot() {
         "a refused mark-active wrote the environment"
     );
     // A write by another program, between the install's two: activation keeps it.
-    within(
+    common::within(
         &dir,
         fw("fw_setenv", &["during_install", "yes"]),
         "fw_setenv",
@@ -396,9 +351,9 @@ fn hooks_can_read_the_environment() {
     .with_b_bootable();
     let img = image(1_000_000, 23);
     let b = f.bundle("b.abup", &img, "2.0", 1);
-    let out = within(
+    let out = common::within(
         &f.t.path(""),
-        abup_cmd(&f, &["install", b.to_str().unwrap()]),
+        f.command(&["install", b.to_str().unwrap()]),
         "abup install",
         INSTALL,
     );

@@ -10,7 +10,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -30,11 +30,9 @@ struct Install {
 
 impl Install {
     fn start(f: &Fixture, url: &str, ca: &Path, env: &[(&str, String)]) -> Install {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_abup"))
-            .args(["install", url, "--progress", "json", "--retry-wait", "0"])
+        let mut child = f
+            .command(&["install", url, "--progress", "json", "--retry-wait", "0"])
             .args(["--ca", ca.to_str().unwrap(), "--header", HEADER])
-            .env("ABUP_CONFIG", &f.board)
-            .env("ABUP_PROC_CMDLINE", &f.cmdline)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::from(

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{abup, abup_with, Output, Tmp};
 
@@ -246,11 +246,9 @@ impl Fixture {
     ) -> Output {
         super::require_fault_injection();
         let (out, err) = (self.t.path("stdout"), self.t.path("stderr"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_abup"))
-            .args(["install", bundle.to_str().unwrap()])
+        let mut child = self
+            .command(&["install", bundle.to_str().unwrap()])
             .args(args)
-            .env("ABUP_CONFIG", &self.board)
-            .env("ABUP_PROC_CMDLINE", &self.cmdline)
             .env("ABUP_PAUSE_AFTER_WRITES", pause.to_string())
             // Files, not pipes: a stopped child must not wait for a reader.
             .stdout(Stdio::from(std::fs::File::create(&out).unwrap()))
@@ -276,10 +274,8 @@ impl Fixture {
     /// `abup install - --progress json`, the bundle written to its standard input.
     pub fn install_stdin(&self, bundle: &Path) -> Output {
         use std::io::Write;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_abup"))
-            .args(["install", "-", "--progress", "json"])
-            .env("ABUP_CONFIG", &self.board)
-            .env("ABUP_PROC_CMDLINE", &self.cmdline)
+        let mut child = self
+            .command(&["install", "-", "--progress", "json"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -332,31 +328,26 @@ impl Fixture {
         std::fs::write(&self.cmdline, format!("abup.slot={slot}\n")).unwrap();
     }
 
+    /// `abup ARGS...` with this fixture's board and command line, not yet run.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = super::command(args);
+        cmd.env("ABUP_CONFIG", &self.board)
+            .env("ABUP_PROC_CMDLINE", &self.cmdline);
+        cmd
+    }
+
     /// `abup status --json` while an install runs or is stopped. It must answer at any moment:
     /// a status that waited for a lock the install holds would never return, and fails here
     /// after a minute instead of hanging.
     pub fn status_during_install(&self) -> serde_json::Value {
-        let out = self.t.path("status.out");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_abup"))
-            .args(["status", "--json"])
-            .env("ABUP_CONFIG", &self.board)
-            .env("ABUP_PROC_CMDLINE", &self.cmdline)
-            .stdout(std::fs::File::create(&out).unwrap())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            if start.elapsed() > Duration::from_secs(60) {
-                let _ = child.kill();
-                panic!("abup status waits for a lock the install holds");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        assert!(status.success());
-        serde_json::from_slice(&super::read(&out)).unwrap()
+        let cmd = self.command(&["status", "--json"]);
+        let out = super::within(
+            &self.t.path(""),
+            cmd,
+            "abup status",
+            Duration::from_secs(60),
+        );
+        serde_json::from_slice(&out.success().stdout).unwrap()
     }
 
     pub fn status(&self) -> serde_json::Value {

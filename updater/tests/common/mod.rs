@@ -7,7 +7,9 @@ pub mod net;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 pub struct Output {
     pub code: Option<i32>,
@@ -85,6 +87,15 @@ pub fn abup(args: &[&str]) -> Output {
 }
 
 pub fn abup_with(args: &[&str], env: &[(&str, &OsStr)]) -> Output {
+    let mut cmd = command(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("running abup").into()
+}
+
+/// `abup ARGS...`, not yet run, with none of the environment's board, command line or proxy.
+pub fn command(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_abup"));
     cmd.args(args)
         .env_remove("ABUP_CONFIG")
@@ -102,10 +113,44 @@ pub fn abup_with(args: &[&str], env: &[(&str, &OsStr)]) -> Output {
     ] {
         cmd.env_remove(var);
     }
-    for (k, v) in env {
-        cmd.env(k, v);
+    cmd
+}
+
+/// Runs `cmd` to its end within `limit`, or kills it and fails the test naming `what`: a
+/// command that waits for what never comes (a lock an install holds, bytes a failed writer
+/// will not write) fails the test instead of hanging it. Output goes to files in `dir`: a
+/// killed command leaves no pipe behind to wait on.
+pub fn within(dir: &Path, mut cmd: Command, what: &str, limit: Duration) -> Output {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let n = RUNS.fetch_add(1, Ordering::Relaxed);
+    let (out, err) = (dir.join(format!("out.{n}")), dir.join(format!("err.{n}")));
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{what} did not finish within {limit:?}; its stderr: {}",
+                std::fs::read_to_string(&err).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    eprintln!("{what}: {:?}", start.elapsed());
+    Output {
+        code: status.code(),
+        stdout: std::fs::read(&out).unwrap(),
+        stderr: std::fs::read(&err).unwrap(),
     }
-    cmd.output().expect("running abup").into()
 }
 
 /// Fails the test, saying why, unless the `abup` under test obeys the fault-injection
