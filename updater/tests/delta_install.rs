@@ -445,6 +445,61 @@ fn a_delta_installs_from_standard_input_and_from_a_url_that_drops() {
     );
 }
 
+/// A write to the slot that fails (here a full filesystem under a file-backed slot; on a
+/// device, a bad medium) stops the install with that write's error: a full bundle, and a delta
+/// whose patches wait to read back bytes the writer will now never write. The running slot
+/// stays the one that boots, and the target, bootable before, is out of rotation.
+#[test]
+fn a_failed_slot_write_stops_the_install_with_its_error() {
+    if !common::is_root() {
+        return;
+    }
+    for delta in [false, true] {
+        let f = Fixture::new(SLOT, "").with_b_bootable();
+        let slot_a = f.slot("A");
+        let new = next_release(&slot_a);
+        let b = match delta {
+            true => f.delta_bundle("b.abup", &slot_a, &new, "2.0"),
+            false => f.bundle("b.abup", &new, "2.0", 0),
+        };
+        assert_eq!(manifest(&b).images[0].reads_target(), delta);
+        let small = f.t.path("small");
+        std::fs::create_dir(&small).unwrap();
+        let (dir, size) = (small.to_str().unwrap(), "size=256k");
+        common::run_ok("mount", &["-t", "tmpfs", "-o", size, "tmpfs", dir]);
+        struct Unmount(std::path::PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(&self.0).status();
+            }
+        }
+        let _unmount = Unmount(small.clone());
+        let slot_b = small.join("slot-b");
+        std::fs::File::create(&slot_b)
+            .unwrap()
+            .set_len(SLOT)
+            .unwrap();
+        let board = std::fs::read_to_string(&f.board).unwrap();
+        let old = format!("{:?}", f.t.path("slot-b"));
+        assert!(board.contains(&old), "{board}");
+        std::fs::write(&f.board, board.replace(&old, &format!("{slot_b:?}"))).unwrap();
+
+        let cmd = f.command(&["install", b.to_str().unwrap()]);
+        let limit = std::time::Duration::from_secs(120);
+        let out = common::within(&f.t.path(""), cmd, "abup install", limit);
+        assert_eq!(out.code, Some(1), "{}", out.stderr_text());
+        let err = out.stderr_text();
+        assert!(
+            err.contains(&format!("writing {}", slot_b.display())) && err.contains("No space left"),
+            "{err}"
+        );
+        let s = f.status();
+        assert_eq!(s["next_boot"], "A", "{s}");
+        assert_eq!(s["slots"][1]["good"], false, "{s}");
+        assert_eq!(f.slot("A"), slot_a, "the running slot is never written");
+    }
+}
+
 /// A loop device over slot A's file, with the filesystem on it mounted read-only: the running
 /// root filesystem of a real device. Detached when dropped.
 struct MountedSlot {

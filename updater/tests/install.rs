@@ -361,63 +361,6 @@ fn a_mounted_target_is_refused() {
     assert_eq!(f.env(), env);
 }
 
-/// A write to the slot that fails (here a full filesystem under a file-backed slot; on a
-/// device, a bad medium) stops the install with that write's error, without waiting for
-/// anything it will never get; the running slot stays the one that boots, and the target
-/// stays out of rotation.
-#[test]
-fn a_failed_slot_write_stops_the_install_with_its_error() {
-    if !common::is_root() {
-        return;
-    }
-    let f = Fixture::new(SLOT, "");
-    let slot_a = f.slot("A");
-    let b = f.bundle("b.abup", &image(2_500_000, 13), "2.0", 0);
-    let small = f.t.path("small");
-    std::fs::create_dir(&small).unwrap();
-    common::run_ok(
-        "mount",
-        &[
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=1m",
-            "tmpfs",
-            small.to_str().unwrap(),
-        ],
-    );
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            common::umount(&self.0);
-        }
-    }
-    let _unmount = Unmount(small.clone());
-    let slot_b = small.join("slot-b");
-    std::fs::File::create(&slot_b)
-        .unwrap()
-        .set_len(SLOT)
-        .unwrap();
-    let board = std::fs::read_to_string(&f.board).unwrap();
-    std::fs::write(
-        &f.board,
-        board.replace(&format!("{:?}", f.t.path("slot-b")), &format!("{slot_b:?}")),
-    )
-    .unwrap();
-
-    let out = f.abup(&["install", b.to_str().unwrap()]);
-    assert_eq!(out.code, Some(1), "{}", out.stderr_text());
-    let err = out.stderr_text();
-    assert!(
-        err.contains(&format!("writing {}", slot_b.display())) && err.contains("No space left"),
-        "{err}"
-    );
-    let s = f.status();
-    assert_eq!(s["next_boot"], "A", "{s}");
-    assert_eq!(s["slots"][1]["good"], false, "{s}");
-    assert_eq!(f.slot("A"), slot_a, "the running slot is never written");
-}
-
 /// `mark-good` confirms the booted slot whatever put it there (a factory image), but no other
 /// slot abup has not installed: slot B of a new device, or a slot an install started to
 /// overwrite. A confirmed slot is the fallback of last resort.
