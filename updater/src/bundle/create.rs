@@ -30,8 +30,9 @@ use super::{
 /// One thread reads the images and computes their hashes; past this many compressing
 /// threads it is the bottleneck.
 const MAX_THREADS: usize = 32;
-/// Chunk buffers in flight are bounded to about this many bytes, whatever the thread count.
-const MAX_BATCH_BYTES: usize = 256 << 20;
+/// The image bytes of the chunks in flight are bounded to this many bytes, whatever the thread
+/// count (their stored bytes, at most a little more each, come on top).
+const MAX_IN_FLIGHT_BYTES: usize = 256 << 20;
 
 /// What goes into the manifest besides the images, and how chunks are made.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,7 +284,7 @@ type Job = (usize, Vec<u8>, Stored);
 impl Chunker {
     fn new(opts: &CreateOptions) -> Result<Chunker> {
         let cpus = thread::available_parallelism().map_or(1, |n| n.get());
-        let by_memory = (MAX_BATCH_BYTES / 2 / opts.chunk_size as usize).max(1);
+        let by_memory = (MAX_IN_FLIGHT_BYTES / 2 / opts.chunk_size as usize).max(1);
         let threads = match opts.threads {
             0 => cpus,
             n => n,
@@ -323,7 +324,7 @@ impl Chunker {
         let in_flight = self.free.len();
         // Both channels hold every chunk in flight, so neither side ever waits to send.
         let (job_tx, job_rx) = sync_channel::<Job>(in_flight);
-        let (done_tx, done_rx) = sync_channel::<(Job, Result<()>)>(in_flight);
+        let (done_tx, done_rx) = sync_channel::<(Job, thread::Result<Result<()>>)>(in_flight);
         let job_rx = Mutex::new(job_rx);
         let free = &mut self.free;
         let total_chunks = &mut self.total_chunks;
@@ -338,18 +339,20 @@ impl Chunker {
                     let Ok((seq, input, mut out)) = job else {
                         return;
                     };
-                    // A panic comes back as an error: the reader waits for every chunk.
+                    // A panic comes back too, to be raised again on the reading thread, which
+                    // waits for every chunk.
                     let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
                         store(ctx.as_mut(), &input, &mut out)
-                    }))
-                    .unwrap_or_else(|_| Err(stopped()));
+                    }));
                     if done_tx.send(((seq, input, out), r)).is_err() {
                         return;
                     }
                 });
             }
             drop(done_tx);
-            // Dropped on the way out, error or not, which ends the threads.
+            // Moved in here so that it is dropped on every way out of this closure, an error
+            // or a panic included: the threads waiting for a job then end, and the scope can
+            // join them.
             let job_tx = job_tx;
             let mut pending = BTreeMap::new();
             let (mut sent, mut at_end) = (0usize, false);
@@ -387,9 +390,11 @@ impl Chunker {
                     }
                 }
                 let ((seq, input, out), r) = done_rx.recv().map_err(|_| stopped())?;
-                r?;
-                pending.insert(seq, (input, out));
-                while let Some((input, out)) = pending.remove(&chunks.len()) {
+                let r = r.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                pending.insert(seq, (input, out, r));
+                // In image order, errors included: the first bad chunk is the one reported.
+                while let Some((input, out, r)) = pending.remove(&chunks.len()) {
+                    r?;
                     scratch
                         .write_all(&out.bytes)
                         .map_err(|source| Error::Scratch { source })?;
@@ -419,7 +424,7 @@ impl Chunker {
     }
 }
 
-/// A compressing thread failed without an error of its own: it panicked.
+/// A compressing thread went away without an answer (it cannot: panics come back).
 fn stopped() -> Error {
     Error::Zstd {
         message: "a compression thread stopped".into(),

@@ -244,42 +244,6 @@ fn chunks_follow_the_image_exactly() {
     }
 }
 
-/// Chunks are stored by whichever thread is free and come back in any order; the bundle is
-/// the same byte for byte whatever the thread count, and reads back as the image.
-#[test]
-fn the_bundle_is_the_same_whatever_the_thread_count() {
-    let key = generate_key();
-    let ring = Keyring::from_keys(vec![key.public_key()]);
-    // Chunks that take very different times to compress: noise, zeros, text.
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let data: Vec<u8> = (0..CS as usize * 13 + 77)
-        .map(|i| match (i / CS as usize) % 3 {
-            0 => {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            }
-            1 => 0,
-            _ => b"abup "[i % 5],
-        })
-        .collect();
-    let bundles: Vec<Vec<u8>> = [1, 2, 3, 5]
-        .into_iter()
-        .map(|threads| {
-            let o = CreateOptions { threads, ..opts() };
-            build(&o, &mut [("rootfs", &data)], &key).unwrap()
-        })
-        .collect();
-    assert!(bundles.iter().all(|b| b == &bundles[0]));
-    let (v, _) = verify_all(&mut bundles[0].as_slice(), &ring, &[]).unwrap();
-    assert_eq!(v.manifest.images[0].chunks.len(), 14);
-    assert_eq!(
-        v.manifest.images[0].sha256,
-        <[u8; 32]>::from(Sha256::digest(&data))
-    );
-}
-
 #[test]
 fn scratch_is_used_from_its_position() {
     let key = generate_key();
