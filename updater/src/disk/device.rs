@@ -321,6 +321,9 @@ impl crate::bundle::ReadAt for SlotReader {
     }
 }
 
+/// Zeros that a device cannot zero itself are written this many bytes at a time.
+const ZEROS_PIECE: u64 = 2 << 20;
+
 /// Memory aligned for direct I/O (an anonymous mapping is page-aligned).
 pub fn aligned_buffer(len: usize) -> Result<memmap2::MmapMut> {
     memmap2::MmapMut::map_anon(len).context("allocating an I/O buffer")
@@ -356,12 +359,40 @@ impl Device {
         Ok(())
     }
 
-    /// Zeros `len` bytes at `offset` (both multiples of [`ALIGN`]) without sending them: a
-    /// block device does it itself where it can (write-zeroes) or the kernel writes its zero
-    /// page, and a file-backed slot gets an unwritten extent. Like a direct write, it is on
-    /// the medium after the next [`Device::sync`]. Fails where neither is possible (tmpfs);
-    /// the caller then writes zeros.
-    pub fn zero_out(&self, offset: u64, len: u64) -> std::io::Result<()> {
+    /// Zeros `len` bytes at `offset`. The device does it itself where it can, without being
+    /// sent them: a block device with write-zeroes (or the kernel writes its zero page), a
+    /// file-backed slot with an unwritten extent. What it cannot zero (tmpfs, an unaligned
+    /// end) is written as zeros. Like a direct write, it is on the medium after the next
+    /// [`Device::sync`].
+    pub fn zero_out(&self, offset: u64, len: u64) -> Result<()> {
+        let whole = len / ALIGN * ALIGN;
+        let zeroed = match self.zero_range(offset, whole) {
+            Ok(()) => whole,
+            Err(e) => {
+                log::debug!(
+                    "{}: cannot zero a range ({e}); writing zeros",
+                    self.path.display()
+                );
+                0
+            }
+        };
+        let (mut at, mut left) = (offset + zeroed, len - zeroed);
+        if left == 0 {
+            return Ok(());
+        }
+        let zeros = aligned_buffer(left.min(ZEROS_PIECE) as usize)?;
+        while left > 0 {
+            let n = left.min(ZEROS_PIECE) as usize;
+            self.write_aligned(at, &zeros[..n])?;
+            at += n as u64;
+            left -= n as u64;
+        }
+        Ok(())
+    }
+
+    /// `fallocate`'s zero range over `len` bytes at `offset`, both multiples of [`ALIGN`]; on
+    /// a block device this is BLKZEROOUT's operation (Linux 4.9 and later).
+    fn zero_range(&self, offset: u64, len: u64) -> std::io::Result<()> {
         if offset % ALIGN != 0 || len % ALIGN != 0 {
             return Err(std::io::ErrorKind::InvalidInput.into());
         }
@@ -369,7 +400,6 @@ impl Device {
             return Err(std::io::ErrorKind::InvalidInput.into());
         };
         crate::failpoint::unsynced_write(&self.file, offset, len as usize);
-        // On a block device this is BLKZEROOUT's operation (Linux 4.9 and later).
         fallocate(
             &self.file,
             FallocateFlags::FALLOC_FL_ZERO_RANGE | FallocateFlags::FALLOC_FL_KEEP_SIZE,

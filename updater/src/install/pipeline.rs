@@ -26,7 +26,7 @@ use super::progress::{Phase as ProgressPhase, Progress};
 use super::sources::Sources;
 use super::{CHECKPOINT_BYTES, FIRST_BLOCK};
 use crate::bundle::{self, Manifest};
-use crate::disk::device::{aligned_buffer, Device, ALIGN};
+use crate::disk::device::{aligned_buffer, Device};
 use crate::source::BundleReader;
 use crate::state::StateDir;
 
@@ -432,7 +432,6 @@ fn write_ops(
     free: SyncSender<memmap2::MmapMut>,
 ) {
     let mut failed: Option<anyhow::Error> = None;
-    let mut zero_buf: Option<memmap2::MmapMut> = None;
     for op in ops {
         let (image, end, result) = match op {
             Op::Write {
@@ -450,7 +449,7 @@ fn write_ops(
             }
             Op::Zero { image, at, len } => {
                 let r = match failed {
-                    None => zero(&devices[image], at, len, &mut zero_buf),
+                    None => devices[image].zero_out(at, len),
                     Some(_) => Ok(()),
                 };
                 (image, at + len, r)
@@ -474,34 +473,6 @@ fn write_ops(
             }
         }
     }
-}
-
-/// Zeros `len` bytes at `at`: what the device cannot zero itself (tmpfs, an unaligned end) is
-/// written as zeros from `buf`, allocated the first time it is needed.
-fn zero(device: &Device, at: u64, len: u64, buf: &mut Option<memmap2::MmapMut>) -> Result<()> {
-    let whole = len / ALIGN * ALIGN;
-    let zeroed = match device.zero_out(at, whole) {
-        Ok(()) => whole,
-        Err(e) => {
-            log::debug!(
-                "{}: cannot zero a range ({e}); writing zeros",
-                device.path.display()
-            );
-            0
-        }
-    };
-    let (mut at, mut left) = (at + zeroed, len - zeroed);
-    while left > 0 {
-        let buf = match buf {
-            Some(b) => b,
-            None => buf.insert(aligned_buffer(STAGE)?),
-        };
-        let n = (left as usize).min(STAGE);
-        device.write_aligned(at, &buf[..n])?;
-        at += n as u64;
-        left -= n as u64;
-    }
-    Ok(())
 }
 
 /// Contiguous chunk data gathered into one aligned buffer, sent to the write thread in
