@@ -51,12 +51,8 @@ impl Drop for Holder {
 
 /// Slot B of `f` on a loop device over its file; the board names the device.
 fn slot_b_on_loop(f: &Fixture) -> Loop {
-    let file = f.t.path("slot-b");
-    let dev = Loop::over(&file);
-    let board = std::fs::read_to_string(&f.board).unwrap();
-    let named = format!("{file:?}");
-    assert!(board.contains(&named), "{board}");
-    std::fs::write(&f.board, board.replace(&named, &format!("{:?}", dev.0))).unwrap();
+    let dev = Loop::over(&f.t.path("slot-b"));
+    f.set_slot_device("B", Path::new(&dev.0));
     dev
 }
 

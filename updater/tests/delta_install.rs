@@ -479,10 +479,7 @@ fn a_failed_slot_write_stops_the_install_with_its_error() {
             .unwrap()
             .set_len(SLOT)
             .unwrap();
-        let board = std::fs::read_to_string(&f.board).unwrap();
-        let old = format!("{:?}", f.t.path("slot-b"));
-        assert!(board.contains(&old), "{board}");
-        std::fs::write(&f.board, board.replace(&old, &format!("{slot_b:?}"))).unwrap();
+        f.set_slot_device("B", &slot_b);
 
         let cmd = f.command(&["install", b.to_str().unwrap()]);
         let limit = std::time::Duration::from_secs(120);
@@ -574,11 +571,7 @@ fn the_base_is_read_from_the_medium_not_from_a_mounted_filesystems_cache() {
         "mount",
         &["-o", "ro", &mounted.loop_dev, mounted.mnt.to_str().unwrap()],
     );
-    let board = std::fs::read_to_string(&f.board).unwrap().replace(
-        &format!("{:?}", f.t.path("slot-a")),
-        &format!("{:?}", mounted.loop_dev),
-    );
-    std::fs::write(&f.board, board).unwrap();
+    f.set_slot_device("A", std::path::Path::new(&mounted.loop_dev));
 
     // What a buffered read sees is not the image: the test means something.
     let cached = std::fs::read(&mounted.loop_dev).unwrap();
@@ -632,10 +625,7 @@ fn zero_chunks_are_zeroed_on_the_target_whatever_it_held() {
             )
             .trim()
             .to_string();
-            let board = std::fs::read_to_string(&f.board)
-                .unwrap()
-                .replace(&format!("{:?}", f.t.path("slot-b")), &format!("{dev:?}"));
-            std::fs::write(&f.board, board).unwrap();
+            f.set_slot_device("B", std::path::Path::new(&dev));
             Attached(dev)
         });
         let out = install(&f, &d, &["-vv"]);

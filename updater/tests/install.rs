@@ -342,12 +342,7 @@ fn a_mounted_target_is_refused() {
         .status()
         .unwrap()
         .success());
-    let board = std::fs::read_to_string(&f.board).unwrap();
-    std::fs::write(
-        &f.board,
-        board.replace(&format!("{slot_b:?}"), &format!("{dev:?}")),
-    )
-    .unwrap();
+    f.set_slot_device("B", std::path::Path::new(&dev));
 
     let env = f.env();
     let out = f.abup(&["install", b.to_str().unwrap()]);

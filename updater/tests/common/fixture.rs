@@ -363,6 +363,17 @@ impl Fixture {
         serde_json::from_str(&out.stdout_text()).unwrap()
     }
 
+    /// Points the board's slot `name` at `device` instead of its file.
+    pub fn set_slot_device(&self, name: &str, device: &Path) {
+        let board = std::fs::read_to_string(&self.board).unwrap();
+        let file = format!(
+            "{:?}",
+            self.t.path(&format!("slot-{}", name.to_lowercase()))
+        );
+        assert!(board.contains(&file), "{board}");
+        std::fs::write(&self.board, board.replace(&file, &format!("{device:?}"))).unwrap();
+    }
+
     pub fn slot(&self, name: &str) -> Vec<u8> {
         std::fs::read(self.t.path(&format!("slot-{}", name.to_lowercase()))).unwrap()
     }
