@@ -12,7 +12,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use common::fixture::{image, Fixture};
 use common::Output;
@@ -36,16 +36,6 @@ impl Loop {
 impl Drop for Loop {
     fn drop(&mut self) {
         let _ = Command::new("losetup").args(["-d", &self.0]).status();
-    }
-}
-
-/// A process that holds something until it is dropped (killed and reaped).
-struct Holder(Child);
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -122,7 +112,7 @@ fn a_target_mounted_in_another_mount_namespace_is_refused() {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let mut holder = Some(Holder(child));
+    let mut holder = Some(common::Holder(child));
     assert_eq!(line, "mounted\n", "the mount in the other namespace failed");
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(

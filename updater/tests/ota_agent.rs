@@ -10,7 +10,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ const HEADER: &str = "Authorization: TargetToken 0ta-ag3nt-t0ken";
 /// The agent's side of one `abup install --progress=json`: the process, and its progress
 /// lines as they arrive, each parsed on its own.
 struct Install {
-    child: Child,
+    child: common::Holder,
     lines: mpsc::Receiver<Value>,
 }
 
@@ -52,7 +52,10 @@ impl Install {
                 }
             }
         });
-        Install { child, lines }
+        Install {
+            child: common::Holder(child),
+            lines,
+        }
     }
 
     /// Every line so far, without waiting.
@@ -128,22 +131,21 @@ fn an_ota_agent_installs_over_https_through_a_kill_and_a_reboot() {
     // would.
     let pause = [("ABUP_PAUSE_AFTER_WRITES", halfway.to_string())];
     let mut first = Install::start(&f, &url, &pki.ca, &pause);
-    common::wait_stopped(&mut first.child, || {
+    common::wait_stopped(&mut first.child.0, || {
         std::fs::read_to_string(f.t.path("agent.err")).unwrap()
     });
     let s = poll_status(&f);
     let i = &s["install"];
     assert_eq!(i["state"], "running", "{s}");
-    assert_eq!(i["pid"], first.child.id(), "{s}");
+    assert_eq!(i["pid"], first.child.0.id(), "{s}");
     assert_eq!(i["phase"], "write", "{s}");
     assert_eq!(i["target"], "B", "{s}");
     assert_eq!(i["source"], url, "{s}");
     assert!((1.0..98.0).contains(&i["percent"].as_f64().unwrap()), "{s}");
     assert_eq!(s["reboot_required"], false, "{s}");
     assert_eq!(s["pending"], Value::Null, "{s}");
-    let mut child = first.child;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    first.child.0.kill().unwrap();
+    first.child.0.wait().unwrap();
     let mut lines = Vec::new();
     // The reader thread ends with the pipe; what it sent is all there was.
     lines.extend(first.lines.iter());
@@ -166,7 +168,7 @@ fn an_ota_agent_installs_over_https_through_a_kill_and_a_reboot() {
     let mut polls = 0;
     let exit = loop {
         second.drain(&mut lines);
-        if let Some(exit) = second.child.try_wait().unwrap() {
+        if let Some(exit) = second.child.0.try_wait().unwrap() {
             break exit;
         }
         let s = poll_status(&f);

@@ -246,7 +246,7 @@ impl Fixture {
     ) -> Output {
         super::require_fault_injection();
         let (out, err) = (self.t.path("stdout"), self.t.path("stderr"));
-        let mut child = self
+        let child = self
             .command(&["install", bundle.to_str().unwrap()])
             .args(args)
             .env("ABUP_PAUSE_AFTER_WRITES", pause.to_string())
@@ -255,15 +255,16 @@ impl Fixture {
             .stderr(Stdio::from(std::fs::File::create(&err).unwrap()))
             .spawn()
             .unwrap();
-        let pid = child.id();
-        super::wait_stopped(&mut child, || std::fs::read_to_string(&err).unwrap());
+        let mut child = super::Holder(child);
+        let pid = child.0.id();
+        super::wait_stopped(&mut child.0, || std::fs::read_to_string(&err).unwrap());
         tamper();
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGCONT,
         )
         .unwrap();
-        let status = child.wait().unwrap();
+        let status = child.0.wait().unwrap();
         Output {
             code: status.code(),
             stdout: std::fs::read(&out).unwrap(),

@@ -116,6 +116,17 @@ pub fn command(args: &[&str]) -> Command {
     cmd
 }
 
+/// A child process that is killed and reaped when dropped, a failing test included: a
+/// stopped install left behind would hold its lock and its devices.
+pub struct Holder(pub std::process::Child);
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs `cmd` to its end within `limit`, or kills it and fails the test naming `what`: a
 /// command that waits for what never comes (a lock an install holds, bytes a failed writer
 /// will not write) fails the test instead of hanging it. Output goes to files in `dir`: a
