@@ -65,7 +65,15 @@ fn serve(f: &Fixture, www: &Path, log: &str, tls: Option<&Pki>, args: &[&str]) -
 
 /// `abup install URL ARGS...`, retrying without waiting.
 fn install(f: &Fixture, url: &str, args: &[&str]) -> common::Output {
-    f.abup(&[&["install", url, "--retry-wait", "0"][..], args].concat())
+    install_env(f, url, args, &[])
+}
+
+/// [`install`] with more in its environment.
+fn install_env(f: &Fixture, url: &str, args: &[&str], env: &[(&str, &str)]) -> common::Output {
+    f.abup_env(
+        &[&["install", url, "--retry-wait", "0"][..], args].concat(),
+        env,
+    )
 }
 
 /// Neither standard output nor standard error holds `secret`.
@@ -255,10 +263,9 @@ fn a_plain_http_url_may_redirect_to_https() {
         ("SSL_CERT_FILE", s(&empty)),
         ("SSL_CERT_DIR", s(&empty_dir)),
     ];
-    let args = ["install", "--retry-wait", "0"];
-    for url in [secure.url("https", "b.abup"), url.clone()] {
-        let out = f.abup_env(&[&args[..], &[url.as_str()]].concat(), &no_store);
-        out.assert_refused(&["no CA certificate to check https://127.0.0.1", "--ca"]);
+    for to in [&secure.url("https", "b.abup"), &url] {
+        install_env(&f, to, &[], &no_store)
+            .assert_refused(&["no CA certificate to check https://127.0.0.1", "--ca"]);
     }
     assert!(
         secure.requests().is_empty(),
