@@ -124,15 +124,17 @@ impl Vm {
             let what = needles.join("\" or \"");
             if console.exited {
                 bail!(
-                    "QEMU exited before the console printed \"{what}\" (see {})",
-                    self.log.display()
+                    "QEMU exited before the console printed \"{what}\" (see {}); it ended with:\n{}",
+                    self.log.display(),
+                    last_lines(&console.text)
                 );
             }
             let now = Instant::now();
             if now >= deadline {
                 bail!(
-                    "no \"{what}\" on the console within {timeout:?} (see {})",
-                    self.log.display()
+                    "no \"{what}\" on the console within {timeout:?} (see {}); it ended with:\n{}",
+                    self.log.display(),
+                    last_lines(&console.text)
                 );
             }
             console = cvar
@@ -244,8 +246,35 @@ impl Drop for Vm {
     }
 }
 
+/// The console's last lines, for a failure's message: CI keeps the test's output, not the
+/// console log it names.
+fn last_lines(text: &str) -> String {
+    const LINES: usize = 25;
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(LINES)..]
+        .iter()
+        .map(|l| format!("  | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Creates (truncates) a console log.
 pub fn new_log(path: &Path) -> Result<()> {
     File::create(path).with_context(|| format!("creating {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_lines;
+
+    #[test]
+    fn a_failure_quotes_the_consoles_last_lines() {
+        let text: String = (1..=30).map(|i| format!("line {i}\n")).collect();
+        let quoted = last_lines(&text);
+        assert_eq!(quoted.lines().count(), 25);
+        assert_eq!(quoted.lines().next(), Some("  | line 6"));
+        assert_eq!(quoted.lines().last(), Some("  | line 30"));
+        assert_eq!(last_lines("only\n"), "  | only");
+    }
 }
