@@ -189,7 +189,7 @@ fn create(args: CreateArgs) -> Result<Outcome> {
     };
     let mut files = Vec::new();
     for (_, p) in &named {
-        files.push(BufReader::new(
+        files.push(ReadAhead::new(
             File::open(p).with_context(|| format!("opening image {}", p.display()))?,
         ));
     }
@@ -376,4 +376,97 @@ fn verify(
         hex::encode(&v.key_id)
     );
     Ok(Outcome::Done)
+}
+
+/// An image file read with the kernel asked to keep [`READ_AHEAD`] bytes ahead of the reader.
+/// `bundle create` reads and hashes the image on one thread. With the kernel's own
+/// read-ahead alone (8 MiB on the benchmark's disk), a 512 MiB image not in the page cache
+/// took 1.1 to 1.45 s instead of about 0.9 s in half the runs or more. A pipe or a device
+/// that takes no advice is read as it is.
+struct ReadAhead {
+    file: File,
+    /// How far the file has been read, and how far the kernel has been asked to read.
+    at: u64,
+    advised: u64,
+}
+
+/// Far enough ahead to cover the hashing of a few chunks; small enough to be a trivial
+/// share of the page cache.
+const READ_AHEAD: u64 = 16 << 20;
+
+impl ReadAhead {
+    fn new(file: File) -> ReadAhead {
+        ReadAhead {
+            file,
+            at: 0,
+            advised: 0,
+        }
+    }
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.advised < self.at + READ_AHEAD {
+            let from = self.advised.max(self.at);
+            // Advice only: a file that takes none is still read correctly.
+            let _ = nix::fcntl::posix_fadvise(
+                &self.file,
+                from as i64,
+                (self.at + 2 * READ_AHEAD - from) as i64,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+            );
+            self.advised = self.at + 2 * READ_AHEAD;
+        }
+        let n = self.file.read(buf)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every byte arrives in order, through reads that cross the advised windows.
+    #[test]
+    fn read_ahead_reads_the_file_as_it_is() {
+        let len = 3 * READ_AHEAD as usize + 12345;
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4096) as u8).collect();
+        let mut file = tempfile::tempfile().expect("temp file");
+        file.write_all(&data).expect("write");
+        let mut file = file.try_clone().expect("clone");
+        std::io::Seek::rewind(&mut file).expect("rewind");
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; (1 << 20) + 17];
+        let mut reader = ReadAhead::new(file);
+        loop {
+            let n = reader.read(&mut buf).expect("read");
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            got == data,
+            "read {} bytes, not the file's {len}",
+            got.len()
+        );
+        assert_eq!(reader.at, len as u64);
+    }
+
+    /// A pipe takes no advice (ESPIPE) and is read all the same.
+    #[test]
+    fn read_ahead_reads_a_pipe() {
+        let (rx, tx) = nix::unistd::pipe().expect("pipe");
+        let writer = std::thread::spawn(move || {
+            let mut tx = File::from(tx);
+            tx.write_all(b"an image from a pipe").expect("write");
+        });
+        let mut got = String::new();
+        ReadAhead::new(File::from(rx))
+            .read_to_string(&mut got)
+            .expect("read");
+        writer.join().expect("writer");
+        assert_eq!(got, "an image from a pipe");
+    }
 }
