@@ -298,10 +298,10 @@ impl Device {
     ///
     /// Spoiled means one of two things abup cannot cause, since it only reads and writes
     /// block devices and the guest's kernel drives the disk:
-    /// - the guest's NVMe disk failed I/O ([`DISK_FAULT`]). QEMU 7.2's emulated NVMe
-    ///   sometimes leaves a request unanswered for minutes, until the guest driver's
-    ///   timeouts reset the controller and fail what was in flight. Seen in about one whole
-    ///   run of these scenarios in four, each time in one VM while the other one ran on;
+    /// - the guest's NVMe disk failed I/O ([`DISK_FAULT`]). Under QEMU 7.2 a guest now and
+    ///   then gets no answer to a disk request until its driver's timeouts reset the
+    ///   controller, which fails what was in flight. Seen in about one whole run of these
+    ///   scenarios in four, each time in a single scenario;
     /// - the kernel was started and the boot went no further within [`BOOT_TIMEOUT`].
     ///
     /// Any other failure, or the same one again, fails the test.
