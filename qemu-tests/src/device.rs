@@ -258,10 +258,7 @@ impl Device {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
         let disk = dir.join("disk.img");
-        run(Command::new("cp")
-            .arg("--sparse=always")
-            .arg(&template.disk)
-            .arg(&disk))?;
+        copy_disk(&template.disk, &disk)?;
         let log = dir.join("console.log");
         vm::new_log(&log)?;
         eprintln!("{} {scenario}: console log {}", board.name(), log.display());
@@ -307,10 +304,7 @@ impl Device {
     /// Any other failure, or the same one again, fails the test.
     fn watchdog<T>(&mut self, power_on: impl Fn(&mut Self) -> Result<T>) -> Result<T> {
         let before = self.dir.join("disk.before-boot");
-        run(Command::new("cp")
-            .arg("--sparse=always")
-            .arg(&self.disk)
-            .arg(&before))?;
+        copy_disk(&self.disk, &before)?;
         let log_start = fs::metadata(&self.log)?.len();
         let e = match power_on(self) {
             Err(e) => e,
@@ -325,10 +319,7 @@ impl Device {
             "{}: {why}; powering on again from the disk as it was before",
             self.board.name()
         );
-        run(Command::new("cp")
-            .arg("--sparse=always")
-            .arg(&before)
-            .arg(&self.disk))?;
+        copy_disk(&before, &self.disk)?;
         power_on(self)
     }
 
@@ -512,10 +503,7 @@ impl Device {
     /// directory the host side keeps for the arm64 board, so that a power cut that lands
     /// somewhere else than aimed can be tried again from the same state.
     pub fn save_disk(&self) -> Result<()> {
-        run(Command::new("cp")
-            .arg("--sparse=always")
-            .arg(&self.disk)
-            .arg(&self.saved))?;
+        copy_disk(&self.disk, &self.saved)?;
         let (state, saved) = self.host_state();
         let _ = fs::remove_dir_all(&saved);
         if state.exists() {
@@ -526,10 +514,7 @@ impl Device {
 
     /// Puts back the disk (and host state) `save_disk` kept.
     pub fn restore_disk(&self) -> Result<()> {
-        run(Command::new("cp")
-            .arg("--sparse=always")
-            .arg(&self.saved)
-            .arg(&self.disk))?;
+        copy_disk(&self.saved, &self.disk)?;
         let (state, saved) = self.host_state();
         let _ = fs::remove_dir_all(&state);
         if saved.exists() {
@@ -831,6 +816,12 @@ fn fw_env_config(dir: &Path) -> Result<PathBuf> {
 pub fn shutdown(vm: &mut Vm) -> Result<()> {
     vm.send("sync; reboot -f")?;
     vm.wait_exit(Duration::from_secs(60))
+}
+
+/// Copies a disk image, keeping its holes: the images are mostly empty, and every power-on
+/// and power cut takes a copy.
+fn copy_disk(from: &Path, to: &Path) -> Result<()> {
+    run(Command::new("cp").arg("--sparse=always").arg(from).arg(to))
 }
 
 /// What the guest's kernel prints when its NVMe disk failed a request (an error-level line,
