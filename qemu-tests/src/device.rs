@@ -332,7 +332,7 @@ impl Device {
                  (retry {retries} of {WATCHDOG_RETRIES})"
             );
             eprintln!("{line}");
-            log_watchdog(&line)?;
+            vm::append_line(&artifacts::workspace().join(WATCHDOG_LOG), &line)?;
             copy_disk(&before, &self.disk)?;
         }
     }
@@ -852,22 +852,6 @@ const WATCHDOG_LOG: &str = "target/qemu-tests/watchdog.log";
 /// enough in a burst; each costs at most [`BOOT_TIMEOUT`], within CI's 30 minutes.
 const WATCHDOG_RETRIES: usize = 2;
 
-fn log_watchdog(line: &str) -> Result<()> {
-    append_line(&artifacts::workspace().join(WATCHDOG_LOG), line)
-}
-
-fn append_line(path: &Path, line: &str) -> Result<()> {
-    use std::io::Write;
-    let mut log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    // One write per line: scenarios run in parallel and append to the same file.
-    log.write_all(format!("{line}\n").as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
-}
-
 /// Why power-on `power_on`, which failed with `e` after printing `console`, was spoiled by
 /// the emulator ([`Device::watchdog`]), or `None` if it was not.
 fn spoiled(e: &anyhow::Error, console: &str, power_on: usize) -> Option<String> {
@@ -1044,23 +1028,5 @@ mod tests {
             No working init found.\n";
         assert_eq!(spoiled(&e, console, 2), None);
         assert_eq!(spoiled(&e, "", 2), None);
-    }
-
-    /// Scenarios that run at once each add their line; none replaces another's.
-    #[test]
-    fn watchdog_lines_add_up() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let log = dir.path().join("watchdog.log");
-        std::thread::scope(|s| {
-            for n in 0..8 {
-                let log = &log;
-                s.spawn(move || append_line(log, &format!("scenario {n}: spoiled")));
-            }
-        });
-        let text = fs::read_to_string(&log).expect("the log");
-        let mut lines: Vec<&str> = text.lines().collect();
-        lines.sort_unstable();
-        let expected: Vec<String> = (0..8).map(|n| format!("scenario {n}: spoiled")).collect();
-        assert_eq!(lines, expected);
     }
 }

@@ -228,10 +228,10 @@ impl Vm {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = OpenOptions::new()
-            .append(true)
-            .open(&self.log)
-            .and_then(|mut f| writeln!(f, "\n[power cut after {:?}]", self.elapsed()));
+        let _ = append_line(
+            &self.log,
+            &format!("\n[power cut after {:?}]", self.elapsed()),
+        );
     }
 }
 
@@ -239,10 +239,10 @@ impl Drop for Vm {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = OpenOptions::new()
-            .append(true)
-            .open(&self.log)
-            .and_then(|mut f| writeln!(f, "\n[QEMU ran {:.1} s]", self.elapsed().as_secs_f64()));
+        let _ = append_line(
+            &self.log,
+            &format!("\n[QEMU ran {:.1} s]", self.elapsed().as_secs_f64()),
+        );
     }
 }
 
@@ -264,9 +264,21 @@ pub fn new_log(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Adds `line` to the log at `path`, in one write: scenarios run in parallel, and some logs
+/// are shared.
+pub fn append_line(path: &Path, line: &str) -> Result<()> {
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    log.write_all(format!("{line}\n").as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::last_lines;
+    use super::{append_line, last_lines};
 
     #[test]
     fn a_failure_quotes_the_consoles_last_lines() {
@@ -276,5 +288,23 @@ mod tests {
         assert_eq!(quoted.lines().next(), Some("  | line 6"));
         assert_eq!(quoted.lines().last(), Some("  | line 30"));
         assert_eq!(last_lines("only\n"), "  | only");
+    }
+
+    /// Scenarios that run at once each add their line; none replaces another's.
+    #[test]
+    fn lines_appended_at_once_all_stay() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("watchdog.log");
+        std::thread::scope(|s| {
+            for n in 0..8 {
+                let log = &log;
+                s.spawn(move || append_line(log, &format!("scenario {n}: spoiled")));
+            }
+        });
+        let text = std::fs::read_to_string(&log).expect("the log");
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.sort_unstable();
+        let expected: Vec<String> = (0..8).map(|n| format!("scenario {n}: spoiled")).collect();
+        assert_eq!(lines, expected);
     }
 }
