@@ -301,11 +301,8 @@ impl Device {
     ///   controller, which fails what was in flight;
     /// - the kernel was started and the boot went no further within [`BOOT_TIMEOUT`].
     ///
-    /// Both come in bursts: most whole runs of these scenarios see none, and then one
-    /// scenario sees several within minutes, sometimes two in a row (power-ons 12 and 13 of a
-    /// `grub_bios::fallback` run, and 13 and 14 of a `uboot_x86::update` run, on
-    /// 2026-12-01). Any other failure, or a power-on still spoiled after the retries, fails
-    /// the test.
+    /// Both come in bursts, sometimes two in a row (what was seen: qemu-tests/README.md).
+    /// Any other failure, or a power-on still spoiled after the retries, fails the test.
     fn watchdog<T>(&mut self, power_on: impl Fn(&mut Self) -> Result<T>) -> Result<T> {
         let before = self.dir.join("disk.before-boot");
         copy_disk(&self.disk, &before)?;
